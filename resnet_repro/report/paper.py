@@ -1,0 +1,45 @@
+"""Every number the paper publishes that this repository compares against, in one place.
+
+Errors are in percent. Keys are registry model names; ImageNet entries whose shortcut option matters
+are keyed (model, option), with None for plain nets.
+"""
+
+# Table 1: multiply-adds ("FLOPs") of the ImageNet nets by depth, 224x224 input.
+TABLE1_MACS = {18: 1.8e9, 34: 3.6e9, 50: 3.8e9, 101: 7.6e9, 152: 11.3e9}
+
+# Table 6: CIFAR-10 parameters and test error of the residual nets (plain nets have the same parameters).
+TABLE6_PARAMS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6, "resnet56": 0.85e6,
+                 "resnet110": 1.7e6, "resnet1202": 19.4e6}
+TABLE6_ERROR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
+                "resnet110": 6.43, "resnet1202": 7.93}
+TABLE6_RESNET110_MEAN_STD = (6.61, 0.16)  # "6.43 is the best of 5 runs; mean 6.61 +- 0.16"
+
+# Table 2: ImageNet validation top-1 error, 10-crop, option A shortcuts.
+TABLE2_TOP1 = {"plain18": 27.94, "resnet18": 27.88, "plain34": 28.54, "resnet34": 25.03}
+
+# Table 3: ImageNet validation (top-1, top-5) error, 10-crop.
+TABLE3_TOP1_TOP5 = {
+    ("plain34", None): (28.54, 10.02),
+    ("resnet34", "A"): (25.03, 7.76),
+    ("resnet34", "B"): (24.52, 7.46),
+    ("resnet34", "C"): (24.19, 7.40),
+    ("resnet50", "B"): (22.85, 6.71),
+    ("resnet101", "B"): (21.75, 6.05),
+    ("resnet152", "B"): (21.43, 5.71),
+}
+
+# Table 4: single-model multi-scale (fully-convolutional, sides 224..640) validation (top-1, top-5) error.
+TABLE4_TOP1_TOP5 = {
+    ("resnet34", "B"): (21.84, 5.71),
+    ("resnet34", "C"): (21.53, 5.60),
+    ("resnet50", "B"): (20.74, 5.25),
+    ("resnet101", "B"): (19.87, 4.60),
+    ("resnet152", "B"): (19.38, 4.49),
+}
+
+# Reference reproductions (not the paper): a widely used PyTorch CIFAR-10 reproduction (all 50k images,
+# 200 epochs, selected on the test set) and fb.resnet.torch's 10-crop ImageNet (top-1, top-5).
+PYTORCH_CIFAR10_REPRODUCTION_ERROR = {"resnet20": 8.27, "resnet32": 7.37, "resnet44": 6.90, "resnet56": 6.61,
+                                      "resnet110": 6.32, "resnet1202": 6.18}
+FB_RESNET_TORCH_TOP1_TOP5 = {"resnet18": (28.22, 9.42), "resnet34": (24.76, 7.35), "resnet50": (22.24, 6.08),
+                             "resnet101": (21.08, 5.35), "resnet152": (20.69, 5.21)}
