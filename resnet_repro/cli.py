@@ -1,22 +1,94 @@
-"""The `resnet-repro` command."""
+"""The `resnet-repro` command.
 
-import argparse
+    resnet-repro models                                   the registered nets, their params and MACs
+    resnet-repro fit --config experiments/cifar10/base.yaml [--model.model resnet56 ...]
+    resnet-repro validate|test --config RUN_DIR/config.yaml --ckpt_path RUN_DIR/checkpoints/last.ckpt
+"""
+
 import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from .module import ResNetClassifier
+from .rundir import RunSummary, check_checkpoint, last_checkpoint, make_loggers
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+TRAINER_DEFAULTS = {
+    "max_epochs": -1,  # the recipes stop at max_steps: schedules are in iterations
+    "check_val_every_n_epoch": None,  # validate every val_check_interval iterations, across epochs
+    "use_distributed_sampler": False,  # our data modules shard themselves, without repeating eval images
+    "num_sanity_val_steps": 0,
+    "deterministic": False,
+}
 
 
-def models_command(args: argparse.Namespace) -> None:
+class SaveFitConfig(SaveConfigCallback):
+    """Saves the resolved config into the run directory for `fit` only (validate/test leave it alone)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class RunCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_dir", default="runs/default/run",
+                            help="runs/<experiment>/<run>: logs, checkpoints, summary; fit resumes a run found there")
+        parser.add_argument("--wandb", type=bool, default=True, help="also log to Weights & Biases (never required)")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.every_n_train_steps": 1000, "checkpoint.enable_version_counter": False})
+        parser.link_arguments("seed_everything", "data.init_args.seed")
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config[self.subcommand]
+        run_dir = Path(config.run_dir)
+        kwargs["default_root_dir"] = str(run_dir)
+        kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            trainer.callbacks.append(RunSummary(run_dir))
+        return trainer
+
+    def before_fit(self) -> None:
+        config = self.config_init["fit"]
+        checkpoint = last_checkpoint(Path(config.run_dir))
+        if config.ckpt_path is None and checkpoint.is_file():
+            config.ckpt_path = str(checkpoint)
+        if config.ckpt_path is not None:
+            check_checkpoint(Path(config.ckpt_path))
+
+
+def lightning_command(argv: list[str]) -> None:
+    RunCLI(ResNetClassifier, subclass_mode_data=True, args=argv, seed_everything_default=0,
+           trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
+           save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+
+
+def models_command(argv: list[str]) -> None:
     from .analysis.complexity import complexity_table, format_complexity_table
 
+    if argv:
+        raise ValueError(f"models takes no arguments, got {' '.join(argv)}")
     print(format_complexity_table(complexity_table()))
+
+
+COMMANDS = {"models": models_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="resnet-repro", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("models", help="every registered model: layers, parameters, MACs, the paper's values")
-    args = parser.parse_args(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.exit(f"resnet-repro: unknown command {command!r}: valid commands are {', '.join(COMMANDS)}")
     try:
-        {"models": models_command}[args.command](args)
-    except ValueError as error:
-        sys.exit(f"resnet-repro {args.command}: {error}")
+        COMMANDS[command]([command, *rest] if command in LIGHTNING_COMMANDS else rest)
+    except (ValueError, FileNotFoundError, FloatingPointError, ArgumentError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the source of the message
+        sys.exit(f"resnet-repro {command}: {message}")

@@ -1,0 +1,6 @@
+from .cifar10 import CIFAR10DataModule
+from .digits import DigitsDataModule
+from .fashion_mnist import FashionMNISTDataModule
+from .small_images import SmallImageDataModule
+
+__all__ = ["CIFAR10DataModule", "DigitsDataModule", "FashionMNISTDataModule", "SmallImageDataModule"]

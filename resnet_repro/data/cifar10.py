@@ -1,0 +1,59 @@
+"""CIFAR-10 from the standard `cifar-10-batches-py` files: 50k training images (45k/5k train/val split,
+as the paper chose its schedule on), 10k test images."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets.utils import download_and_extract_archive
+
+from .small_images import SmallImageDataModule
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+
+
+def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} is missing: download {URL} and extract it into {folder.parent}")
+        except Exception as error:  # a truncated or foreign file fails in pickle or numpy, in many ways
+            raise ValueError(f"{path} is corrupt ({type(error).__name__}: {error}): delete {folder} and "
+                             f"download {URL} again") from error
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+class CIFAR10DataModule(SmallImageDataModule):
+    def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir, self.download = Path(data_dir), download
+
+    def prepare_data(self) -> None:
+        folder = self.data_dir / "cifar-10-batches-py"
+        if folder.is_dir():
+            return
+        if not self.download:
+            raise FileNotFoundError(f"CIFAR-10 is not in {folder}: download {URL} and extract it into "
+                                    f"{self.data_dir}, or set data.download true")
+        try:
+            download_and_extract_archive(URL, str(self.data_dir), md5=MD5)
+        except Exception as error:
+            raise FileNotFoundError(f"CIFAR-10 is not in {folder} and downloading it failed ({error}): "
+                                    f"download {URL} and extract it into {self.data_dir}") from error
+
+    def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        folder = self.data_dir / "cifar-10-batches-py"
+        if not folder.is_dir():
+            self.prepare_data()  # setup without a trainer (a notebook, a test) still finds or fetches the data
+        return (*read_cifar_batches(folder, TRAIN_FILES), *read_cifar_batches(folder, [TEST_FILE]))

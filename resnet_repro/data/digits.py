@@ -1,0 +1,27 @@
+"""scikit-learn's handwritten digits (1,797 8x8 images, shipped with scikit-learn, so it works offline):
+the embedded default for demos and tests. Upsampled to 32x32x3 so the CIFAR nets run on it unchanged;
+a fixed 1,297/200/300 train/val/test split."""
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import Tensor
+
+from .small_images import SmallImageDataModule, generator_for
+
+TEST_SIZE = 300
+
+
+class DigitsDataModule(SmallImageDataModule):
+    def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int = 200,
+                 train_on_all: bool = False, seed: int = 0):
+        super().__init__(batch_size, eval_batch_size, val_size, train_on_all, seed)
+
+    def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float()[:, None] * (255 / 16)  # pixel values are 0..16
+        images = F.interpolate(images, size=32, mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+        images, labels = images.expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(digits.target).long()
+        order = torch.randperm(len(images), generator=generator_for(self.split_seed, 1))
+        test, pool = order[:TEST_SIZE], order[TEST_SIZE:]
+        return images[pool], labels[pool], images[test], labels[test]

@@ -1,0 +1,162 @@
+"""Small-image datasets (CIFAR-10, Fashion-MNIST, digits) held on the training device as uint8 tensors.
+
+The paper's CIFAR-10 pipeline (Section 4.2): subtract the per-pixel mean image of the training set, pad
+4 pixels on each side, take a random 32x32 crop and flip it horizontally at random; test on the single
+original view. Here every step of it is one batched tensor operation on the device, and each training
+batch is a pure function of (seed, step): a run resumed at step k sees exactly the batches an
+uninterrupted run would, on any number of ranks.
+"""
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def generator_for(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (seed, purpose, step, ...) without collisions."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def pad_crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Pad by `pad` zeros on each side, crop back to the original size at a random offset, flip half of
+    the images horizontally: one gather for the whole batch."""
+    n, c, h, w = images.shape
+    device = images.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(device)
+    rows = offsets[0, :, None] + torch.arange(h, device=device)
+    cols = offsets[1, :, None] + torch.arange(w, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)  # reading the columns backwards flips the image
+    padded = F.pad(images, (pad, pad, pad, pad))
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TrainBatches:
+    """The endless stream of augmented training batches of one rank, starting at the trainer's step.
+
+    Each epoch is a permutation of the training set seeded by (seed, epoch); global batch k is the k-th
+    slice of batch_size images of it (an incomplete last slice is dropped), and rank r takes the r-th
+    of its W equal parts, so the ranks see disjoint parts of every global batch.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, batch_size: int, rank: int, world_size: int,
+                 seed: int, first_step):
+        self.images, self.labels, self.mean = images, labels, mean
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.first_step = first_step  # a callable: the trainer's global step when iteration starts (resume)
+        self.batches_per_epoch = len(images) // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
+        self._epoch, self._order = -1, None
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            order = torch.randperm(len(self.images), generator=generator_for(self.seed, 0, epoch))
+            self._epoch, self._order = epoch, order.to(self.images.device)
+        per_rank = self.batch_size // self.world_size
+        start = i * self.batch_size + self.rank * per_rank
+        index = self._order[start:start + per_rank]
+        images = normalize(self.images[index], self.mean)
+        return pad_crop_flip(images, generator_for(self.seed, 1, step, self.rank)), self.labels[index]
+
+    def __iter__(self):
+        step = self.first_step()
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+class EvalBatches:
+    """One rank's share of an evaluation set: images rank, rank + W, rank + 2W, ... (no padding, so every
+    image is counted exactly once whatever the world size)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, batch_size: int, rank: int, world_size: int):
+        self.index = torch.arange(rank, len(images), world_size, device=images.device)
+        self.images, self.labels, self.mean, self.batch_size = images, labels, mean, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.index) / self.batch_size)
+
+    def __iter__(self):
+        for index in self.index.split(self.batch_size):
+            yield normalize(self.images[index], self.mean), self.labels[index]
+
+
+def normalize(images: Tensor, mean: Tensor) -> Tensor:
+    """uint8 images to floats in [0, 1] less the per-pixel mean image of the training set."""
+    return images.float().div_(255).sub_(mean)
+
+
+class SmallImageDataModule(L.LightningDataModule):
+    """A dataset of 3x32x32 uint8 images split into train/val/test, resident on the training device.
+
+    `load_arrays` (per dataset) returns the training pool and the test set; the validation set is a fixed
+    part of the training pool, chosen by `split_seed` alone so that every rank and every run agree.
+    With `train_on_all` the whole pool is trained on and there is no validation set. During `fit` the
+    test set is evaluated beside the validation set at every validation (the paper's Figure 6 plots test
+    error during training; the recipe's schedule is fixed in iterations, so nothing is selected on it).
+    """
+
+    split_seed = 0
+
+    def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int = 5000,
+                 train_on_all: bool = False, seed: int = 0):
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.train_on_all, self.seed = val_size, train_on_all, seed
+        self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(train images N x 3 x 32 x 32 uint8, train labels int64, test images, test labels)."""
+        raise NotImplementedError
+
+    @property
+    def rank_and_world_size(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def setup(self, stage: str) -> None:
+        if self.splits is not None:
+            return
+        _, world_size = self.rank_and_world_size
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size {self.batch_size} is global and must divide by the {world_size} ranks")
+        pool_images, pool_labels, test_images, test_labels = self.load_arrays()
+        if not 0 <= self.val_size < len(pool_images):
+            raise ValueError(f"val_size {self.val_size} must be below the {len(pool_images)} training images")
+        order = torch.randperm(len(pool_images), generator=generator_for(self.split_seed))
+        train, val = (order, order[:0]) if self.train_on_all else (order[self.val_size:], order[:self.val_size])
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.mean = (pool_images[train].sum(0, dtype=torch.float64) / (255 * len(train))).float().to(device)
+        self.splits = {
+            name: (images.to(device), labels.to(device))
+            for name, images, labels in [("train", pool_images[train], pool_labels[train]),
+                                         ("val", pool_images[val], pool_labels[val]),
+                                         ("test", test_images, test_labels)]
+        }
+
+    def _eval_batches(self, split: str) -> EvalBatches:
+        rank, world_size = self.rank_and_world_size
+        return EvalBatches(*self.splits[split], self.mean, max(1, self.eval_batch_size // world_size), rank, world_size)
+
+    def train_dataloader(self) -> TrainBatches:
+        rank, world_size = self.rank_and_world_size
+        return TrainBatches(*self.splits["train"], self.mean, self.batch_size, rank, world_size, self.seed,
+                            first_step=lambda: self.trainer.global_step if self.trainer else 0)
+
+    @property
+    def val_splits(self) -> list[str]:
+        """The splits evaluated at each validation during fit, in dataloader order (the metrics' prefixes)."""
+        return ["test"] if self.train_on_all else ["val", "test"]
+
+    def val_dataloader(self) -> list[EvalBatches]:
+        return [self._eval_batches(split) for split in self.val_splits]
+
+    def test_dataloader(self) -> EvalBatches:
+        return self._eval_batches("test")

@@ -1,0 +1,166 @@
+"""The paper's training recipe around a registered net, as a LightningModule.
+
+Cross-entropy; SGD with momentum and weight decay; a learning rate that is divided by 10 at fixed
+iterations (the schedule is counted in steps, not epochs); for the deep CIFAR nets (n = 18) the paper's
+warm-up: lr 0.01 until the training error falls below 80%, then the base lr (Section 4.2). Training
+loss, error and lr are logged for every iteration; validation and test top-1 (and top-5) error are
+micro-averaged over every image of their set, on any number of ranks.
+"""
+
+from bisect import bisect_right
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models import build_model, get_spec
+
+
+class ResNetClassifier(L.LightningModule):
+    def __init__(
+        self,
+        model: str = "resnet20",
+        shortcut: str | None = None,  # None: the model's default (A for CIFAR nets, B for ImageNet nets)
+        num_classes: int = 10,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        milestones: list[int] = [32_000, 48_000],  # iterations at which the lr is multiplied by lr_decay
+        lr_decay: float = 0.1,
+        warmup: bool | None = None,  # None: on for the 110-layer CIFAR nets (n = 18), as in the paper
+        warmup_lr: float = 0.01,
+        warmup_until_error: float = 0.8,  # training error (fraction) that ends the warm-up
+        warmup_max_steps: int = 2_000,  # the warm-up ends here at the latest (the paper saw ~400)
+        top5: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(model, num_classes=num_classes, **({"shortcut": shortcut} if shortcut else {}))
+        self.num_params = sum(p.numel() for p in self.net.parameters())
+        spec = get_spec(model)
+        self.warmup = warmup if warmup is not None else (spec.input_size == 32 and spec.depth == 110)
+        self.warmup_ended_at: int | None = None  # the iteration after which the base lr applies
+        self.eval_metrics = torch.nn.ModuleDict({split: self._eval_metric_set() for split in ("val", "test")})
+        self._train_log: list[tuple[int, float, Tensor]] = []  # (iteration, lr, [loss, error]) not yet logged
+
+    def _eval_metric_set(self) -> torch.nn.ModuleDict:
+        classes = self.hparams.num_classes
+        accuracy = {"top1": MulticlassAccuracy(classes, top_k=1, average="micro")}
+        if self.hparams.top5:
+            accuracy["top5"] = MulticlassAccuracy(classes, top_k=5, average="micro")
+        return torch.nn.ModuleDict({"accuracy": torch.nn.ModuleDict(accuracy), "images": SumMetric()})
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    # --- the learning-rate schedule -------------------------------------------------------------------
+    @property
+    def warming_up(self) -> bool:
+        return self.warmup and self.warmup_ended_at is None
+
+    def lr_multiplier(self, step: int) -> float:
+        """The lr of iteration `step + 1` as a multiple of the base lr."""
+        if self.warming_up:
+            return self.hparams.warmup_lr / self.hparams.lr
+        return self.hparams.lr_decay ** bisect_right(self.hparams.milestones, step)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
+                                    weight_decay=self.hparams.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_multiplier(step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- training -------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels)
+        error = (logits.argmax(1) != labels).float().mean()
+        iteration = self.global_step + 1
+        self._train_log.append((iteration, self.optimizers().param_groups[0]["lr"], torch.stack([loss.detach(), error])))
+        if self.warming_up:  # a host sync per step, but only for the few hundred steps of the warm-up
+            global_error = self.trainer.strategy.reduce(error.detach().clone(), reduce_op="mean").item()
+            if global_error < self.hparams.warmup_until_error or iteration >= self.hparams.warmup_max_steps:
+                self.warmup_ended_at = iteration
+        if iteration % self.trainer.log_every_n_steps == 0:
+            self.flush_train_log()
+        return loss
+
+    def flush_train_log(self) -> None:
+        """Send the buffered per-iteration metrics to the loggers: one device sync (and, under DDP, one
+        all-reduce of the per-rank means) per flush instead of one per iteration."""
+        if not self._train_log:
+            return
+        iterations, lrs, values = zip(*self._train_log)
+        self._train_log = []
+        values = self.trainer.strategy.reduce(torch.stack(values), reduce_op="mean").tolist()
+        for iteration, lr, (loss, error) in zip(iterations, lrs, values):
+            if not torch.isfinite(torch.tensor(loss)):
+                raise FloatingPointError(f"the training loss became {loss} at iteration {iteration}; the run stopped "
+                                         f"and its last checkpoint holds the last good weights (try a lower lr)")
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": loss, "train/error": error, "lr": lr}, step=iteration)
+
+    def on_validation_start(self) -> None:
+        self.flush_train_log()
+
+    def on_train_end(self) -> None:
+        self.flush_train_log()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if not all(torch.isfinite(p).all() for p in self.parameters()):
+            raise FloatingPointError("the weights are no longer finite; the run stopped without overwriting its "
+                                     "last checkpoint, which holds the last good weights (try a lower lr)")
+        checkpoint["warmup_ended_at"] = self.warmup_ended_at
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.warmup_ended_at = checkpoint.get("warmup_ended_at")
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def eval_scores(self, images: Tensor | list[Tensor]) -> Tensor:
+        """Softmax scores. Multi-view batches are averaged over their views: B x V x C x H x W (10-crop)
+        or a list of B x C x H x W tensors (the fully-convolutional multi-scale test)."""
+        if isinstance(images, (list, tuple)):
+            return torch.stack([self.net(view).softmax(1) for view in images]).mean(0)
+        if images.ndim == 5:
+            b, v = images.shape[:2]
+            return self.net(images.flatten(0, 1)).softmax(1).view(b, v, -1).mean(1)
+        return self.net(images).softmax(1)
+
+    @property
+    def val_splits(self) -> list[str]:
+        return getattr(self.trainer.datamodule, "val_splits", ["val"])
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], split: str) -> None:
+        images, labels = batch
+        metrics = self.eval_metrics[split]
+        scores = self.eval_scores(images)
+        for accuracy in metrics["accuracy"].values():
+            accuracy.update(scores, labels)
+        metrics["images"].update(torch.tensor(float(len(labels)), device=scores.device))
+
+    def _log_eval(self, splits: list[str]) -> None:
+        # compute() reduces the metric states over the ranks, so every rank logs the same global value
+        for split in splits:
+            metrics = self.eval_metrics[split]
+            self.log(f"{split}/error", 1 - metrics["accuracy"]["top1"].compute())
+            if "top5" in metrics["accuracy"]:
+                self.log(f"{split}/top5_error", 1 - metrics["accuracy"]["top5"].compute())
+            self.log(f"{split}/images", metrics["images"].compute())
+            for metric in [*metrics["accuracy"].values(), metrics["images"]]:
+                metric.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, self.val_splits[dataloader_idx])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval(self.val_splits)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval(["test"])
