@@ -11,6 +11,7 @@ from pathlib import Path
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from .module import ResNetClassifier
 from .rundir import RunSummary, check_checkpoint, last_checkpoint, make_loggers
@@ -43,8 +44,12 @@ class RunCLI(LightningCLI):
                              "checkpoint.every_n_train_steps": 1000, "checkpoint.enable_version_counter": False})
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
+    @property
+    def command_config(self):
+        return self.config[self.subcommand] if self.subcommand else self.config  # run=False has no subcommand
+
     def instantiate_trainer(self, **kwargs):
-        config = self.config[self.subcommand]
+        config = self.command_config
         run_dir = Path(config.run_dir)
         kwargs["default_root_dir"] = str(run_dir)
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
@@ -53,17 +58,25 @@ class RunCLI(LightningCLI):
             trainer.callbacks.append(RunSummary(run_dir))
         return trainer
 
-    def before_fit(self) -> None:
-        config = self.config_init["fit"]
+    def before_instantiate_classes(self) -> None:
+        """`fit` on a run directory with a checkpoint resumes it; a checkpoint that cannot be read stops the
+        command here, before anything (loggers, W&B) has touched the run directory."""
+        config = self.command_config
         checkpoint = last_checkpoint(Path(config.run_dir))
-        if config.ckpt_path is None and checkpoint.is_file():
+        if self.subcommand == "fit" and config.ckpt_path is None and checkpoint.is_file():
             config.ckpt_path = str(checkpoint)
-        if config.ckpt_path is not None:
+        if config.get("ckpt_path") is not None:
             check_checkpoint(Path(config.ckpt_path))
+
+    def after_fit(self) -> None:
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()  # writes the offline run out completely, ready for `wandb sync`
 
 
 def lightning_command(argv: list[str]) -> None:
-    RunCLI(ResNetClassifier, subclass_mode_data=True, args=argv, seed_everything_default=0,
+    # LightningCLI reads sys.argv itself, and warns when it is also given the same arguments
+    RunCLI(ResNetClassifier, subclass_mode_data=True, args=None if argv == sys.argv[1:] else argv, seed_everything_default=0,
            trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
            save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
 
@@ -91,4 +104,6 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[command]([command, *rest] if command in LIGHTNING_COMMANDS else rest)
     except (ValueError, FileNotFoundError, FloatingPointError, ArgumentError) as error:
         message = " ".join(str(error).split())  # one line, whatever the source of the message
+        if isinstance(error, ArgumentError):
+            message += f" (resnet-repro {command} --help lists the valid keys)"
         sys.exit(f"resnet-repro {command}: {message}")

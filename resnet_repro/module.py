@@ -103,6 +103,8 @@ class ResNetClassifier(L.LightningModule):
                                          f"and its last checkpoint holds the last good weights (try a lower lr)")
             for logger in self.loggers:
                 logger.log_metrics({"train/loss": loss, "train/error": error, "lr": lr}, step=iteration)
+        for logger in self.loggers:
+            logger.save()  # on disk now: a run killed later keeps its log up to here
 
     def on_validation_start(self) -> None:
         self.flush_train_log()
@@ -111,7 +113,8 @@ class ResNetClassifier(L.LightningModule):
         self.flush_train_log()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if not all(torch.isfinite(p).all() for p in self.parameters()):
+        states = checkpoint["state_dict"].values()  # parameters and BN statistics
+        if not all(torch.isfinite(t).all() for t in states if t.is_floating_point()):
             raise FloatingPointError("the weights are no longer finite; the run stopped without overwriting its "
                                      "last checkpoint, which holds the last good weights (try a lower lr)")
         checkpoint["warmup_ended_at"] = self.warmup_ended_at

@@ -11,18 +11,21 @@ The run's name and its experiment (the W&B run name and group) are the directory
 `fit` on a directory that holds a checkpoint resumes from it.
 """
 
+import csv
 import json
 import netrc
 import os
 import platform
 import subprocess
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -39,6 +42,7 @@ def check_checkpoint(path: Path) -> None:
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
@@ -57,8 +61,34 @@ def git_revision() -> str:
         return "unknown"
 
 
+class AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):  # continue with the columns already in the file
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # Lightning's writer deletes an existing metrics.csv here; a resumed run appends to it
+
+
+class RunCSVLogger(CSVLogger):
+    """metrics.csv directly in the run directory, appended to on resume (the reader keeps, for a step
+    logged twice, its last row: the resumed run's)."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir, name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def make_loggers(run_dir: Path, config: dict, use_wandb: bool) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]
+    loggers: list[Logger] = [RunCSVLogger(run_dir)]
     if use_wandb:
         wandb_logger = start_wandb(run_dir, config)
         if wandb_logger is not None:
@@ -81,7 +111,8 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
         id_file.write_text(logger.version + "\n")
         return logger
     except Exception as error:
-        warnings.warn(f"W&B is unusable ({type(error).__name__}: {error}); this run logs to {run_dir}/metrics.csv only")
+        print(f"warning: W&B is unusable ({type(error).__name__}: {error}); this run logs to {run_dir}/metrics.csv only",
+              file=sys.stderr)
         return None
 
 

@@ -128,7 +128,7 @@ class SmallImageDataModule(L.LightningDataModule):
         if self.batch_size % world_size:
             raise ValueError(f"batch_size {self.batch_size} is global and must divide by the {world_size} ranks")
         pool_images, pool_labels, test_images, test_labels = self.load_arrays()
-        if not 0 <= self.val_size < len(pool_images):
+        if not self.train_on_all and not 0 <= self.val_size < len(pool_images):
             raise ValueError(f"val_size {self.val_size} must be below the {len(pool_images)} training images")
         order = torch.randperm(len(pool_images), generator=generator_for(self.split_seed))
         train, val = (order, order[:0]) if self.train_on_all else (order[self.val_size:], order[:self.val_size])

@@ -1,0 +1,177 @@
+"""ImageNet (ILSVRC-2012) from an ImageFolder layout: `<data_dir>/{train,val}/<class>/<image>`.
+
+The paper (Section 3.4) trains on the shorter side resized to a random size in [256, 480], a random
+224x224 crop or its horizontal flip, the per-pixel mean subtracted and AlexNet's PCA colour augmentation.
+It reports 10-crop testing for comparisons (Tables 2, 3) and fully-convolutional testing at the scales
+{224, 256, 384, 480, 640}, scores averaged, for its best results (Table 4). The validation set is the test
+set, as in the paper.
+
+Choices made here, where the paper is silent:
+- the "per-pixel mean" is the standard per-channel mean of the ImageNet training set (see MEAN);
+- images are scaled to [0, 1] before the colour noise and nothing is divided by a standard deviation;
+- center and 10-crop test views are cut from the image with its shorter side resized to 256 (the paper
+  does not say; the common AlexNet/VGG/fb.resnet.torch practice);
+- the multi-scale test feeds the whole resized image (no crop), one image at a time per rank.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+# A mean image is ill-defined under crops of random size and position, so the mean is per channel, as in
+# every common ImageNet pipeline (these are the usual RGB values on the [0, 1] scale).
+MEAN = (0.485, 0.456, 0.406)
+# The eigen-decomposition of the RGB covariance of ImageNet's training pixels (AlexNet's colour
+# augmentation), in the values fb.resnet.torch uses; the eigenvectors are the columns.
+EIGENVALUES = (0.2175, 0.0188, 0.0045)
+EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                (-0.5808, -0.0045, -0.8140),
+                (-0.5836, -0.6948, 0.4203))
+
+
+class PCALighting(v2.Transform):
+    """AlexNet's colour augmentation: add eigenvectors @ (alpha * eigenvalues) to every pixel of a float
+    RGB image, with alpha ~ N(0, alpha_std^2) drawn once per image."""
+
+    _transformed_types = (torch.Tensor,)
+
+    def __init__(self, alpha_std: float = 0.1):
+        super().__init__()
+        self.alpha_std = alpha_std
+        self.register_buffer("eigenvalues", torch.tensor(EIGENVALUES))
+        self.register_buffer("eigenvectors", torch.tensor(EIGENVECTORS))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # the global generator, which the DataLoader seeds per worker (and Lightning's
+        # seed_everything(workers=True) per rank), so no two workers draw the same noise
+        return {"alpha": torch.randn(3) * self.alpha_std}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        rgb = self.eigenvectors @ (params["alpha"] * self.eigenvalues)
+        return inpt + rgb[:, None, None].to(inpt.dtype)
+
+
+class MultiScale(torch.nn.Module):
+    """The whole image at each scale (shorter side = scale, no crop): a list of images."""
+
+    def __init__(self, scales: tuple[int, ...]):
+        super().__init__()
+        self.scales = scales
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [F.resize(image, [scale]) for scale in self.scales]
+
+
+def to_normalized_float() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, std=(1.0, 1.0, 1.0))]
+
+
+def train_transform() -> v2.Compose:
+    # geometry on uint8 images (cheaper), then floats; torch.randint's upper bound is exclusive, hence 481
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResize(256, 481),
+        v2.RandomCrop(224),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        PCALighting(alpha_std=0.1),
+        v2.Normalize(MEAN, std=(1.0, 1.0, 1.0)),
+    ])
+
+
+def eval_transform(mode: str, scales: tuple[int, ...]) -> v2.Compose:
+    if mode == "center":
+        return v2.Compose([v2.ToImage(), v2.Resize(256), v2.CenterCrop(224), *to_normalized_float()])
+    if mode == "ten_crop":  # 10 x 3 x 224 x 224 per image
+        return v2.Compose([v2.ToImage(), v2.Resize(256), v2.TenCrop(224), *to_normalized_float(), torch.stack])
+    if mode == "multi_scale":  # one 3 x H_s x W_s image per scale
+        return v2.Compose([v2.ToImage(), MultiScale(scales), *to_normalized_float()])
+    raise ValueError(f"eval_mode {mode!r} is not one of center, ten_crop, multi_scale")
+
+
+class EvalSampler(Sampler[int]):
+    """Images rank, rank + W, rank + 2W, ... of n: every image exactly once over the W ranks, with no
+    padding (torch's DistributedSampler repeats images to even out the ranks, which would bias the error)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ImageNetDataModule(L.LightningDataModule):
+    """ImageNet with the paper's training augmentation and one of its three tests (`eval_mode`).
+
+    Batch sizes are global: each of the W ranks takes batch_size // W training images. Run the trainer
+    with `use_distributed_sampler=False`: the samplers here already split the data over the ranks.
+    """
+
+    val_splits = ["val"]  # the validation set is the test set; no separate split is held out
+
+    def __init__(self, data_dir: str, batch_size: int = 256, eval_batch_size: int = 64, num_workers: int = 8,
+                 eval_mode: Literal["center", "ten_crop", "multi_scale"] = "ten_crop",
+                 scales: tuple[int, ...] = (224, 256, 384, 480, 640), seed: int = 0):
+        super().__init__()
+        self.data_dir, self.batch_size, self.eval_batch_size = data_dir, batch_size, eval_batch_size
+        self.num_workers, self.eval_mode, self.scales, self.seed = num_workers, eval_mode, tuple(scales), seed
+        self.train_set: ImageFolder | None = None
+        self.val_set: ImageFolder | None = None
+
+    @property
+    def rank_and_world_size(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def image_folder(self, split: str, transform: v2.Compose) -> ImageFolder:
+        folder = Path(self.data_dir) / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is missing: ImageNet must be laid out as <data_dir>/{{train,val}}/"
+                                    f"<class>/<image> (data_dir={self.data_dir}); it cannot be downloaded "
+                                    f"automatically: get ILSVRC-2012 from image-net.org, with val sorted into "
+                                    f"class folders")
+        return ImageFolder(str(folder), transform=transform)
+
+    def setup(self, stage: str) -> None:
+        self.rank, self.world_size = self.rank_and_world_size
+        if stage == "fit" and self.batch_size % self.world_size:
+            raise ValueError(f"batch_size {self.batch_size} is global and must divide by the {self.world_size} ranks")
+        if self.val_set is None:
+            self.val_set = self.image_folder("val", eval_transform(self.eval_mode, self.scales))
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.image_folder("train", train_transform())
+            if self.train_set.classes != self.val_set.classes:  # labels are folder indices: they must agree
+                raise ValueError(f"{self.data_dir}/train and {self.data_dir}/val hold different class folders, "
+                                 f"so their labels would not match")
+
+    def loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True)
+
+    def train_dataloader(self) -> DataLoader:
+        # rank r takes every W-th index of one seeded permutation, so the ranks' k-th batches are disjoint
+        # parts of the k-th global batch; Lightning calls set_epoch on the sampler to reshuffle each epoch
+        sampler = DistributedSampler(self.train_set, num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                     seed=self.seed, drop_last=True)
+        return self.loader(self.train_set, self.batch_size // self.world_size, sampler, drop_last=True)
+
+    def eval_dataloader(self) -> DataLoader:
+        sampler = EvalSampler(len(self.val_set), self.rank, self.world_size)
+        # the error does not depend on the evaluation batch size (BN is in eval mode), so a remainder is harmless;
+        # multi-scale images differ in size from image to image, so they cannot be batched
+        batch_size = 1 if self.eval_mode == "multi_scale" else max(1, self.eval_batch_size // self.world_size)
+        return self.loader(self.val_set, batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader()

@@ -1,0 +1,68 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from resnet_repro.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def write_cifar10(root: Path, per_batch: int = 40, test: int = 31, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in the exact on-disk format of cifar-10-batches-py (python pickles of uint8 rows)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
+        labels = rng.integers(0, 10, n)
+        # class-dependent brightness so that a net can learn something from it
+        data = np.clip(rng.normal(100 + 12 * labels[:, None], 30, (n, 3072)), 0, 255).astype(np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return folder
+
+
+def fit(*args: str) -> None:
+    """`resnet-repro fit` in this process, quietly, without W&B unless asked."""
+    main(["fit", *QUIET, "--wandb", "false", *args])
+
+
+def cli_error(*argv: str) -> str:
+    """Run the CLI in this process and return its one-line error (it must exit non-zero)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    message = str(exit_.value.code)
+    assert exit_.value.code not in (0, None) and "\n" not in message, message
+    return message
+
+
+def run_cli(*argv: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The installed `resnet-repro` command in a fresh process."""
+    command = [str(Path(sys.executable).parent / "resnet-repro"), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def train_rows(run_dir: Path) -> pd.DataFrame:
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return metrics.dropna(subset=["train/loss"]).drop_duplicates("step", keep="last").set_index("step")
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    write_cifar10(tmp_path / "data")
+    return tmp_path / "data"

@@ -1,0 +1,192 @@
+"""`resnet-repro fit` end to end: learning, the lr schedule and warm-up, exact resume, DDP, W&B, bad input."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, cli_error, fit, run_cli, summary, train_rows, write_cifar10
+
+DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
+CIFAR = ["--config", str(REPO / "experiments/cifar10/base.yaml")]
+
+
+def tiny_cifar(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [*CIFAR, "--run_dir", str(run_dir), "--trainer.accelerator", "cpu",
+            "--data.init_args.data_dir", str(data_dir), "--data.init_args.download", "false",
+            "--data.init_args.val_size", "21", "--data.init_args.batch_size", "16",
+            "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2",
+            "--checkpoint.every_n_train_steps", "2", *extra]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_a_small_cifar_net_learns_the_digits(tmp_path):
+    run = tmp_path / "digits" / "resnet20"
+    fit(*DIGITS, "--run_dir", str(run), "--trainer.max_steps", "120", "--data.init_args.batch_size", "32",
+        "--model.milestones", "[100]", "--trainer.val_check_interval", "120")
+    rows = train_rows(run)
+    assert rows.index.tolist() == list(range(1, 121))  # every iteration logged
+    assert rows["train/error"].iloc[:10].mean() > 0.75  # chance is 0.9
+    assert rows["train/error"].iloc[-20:].mean() < 0.3
+    result = summary(run)
+    assert result["status"] == "finished" and result["steps"] == 120 and result["params"] == 269_722
+    assert result["test/images"] == 300 and result["test/error"] < 0.3
+    assert (run / "config.yaml").is_file()
+
+
+def test_fit_end_to_end_on_data_in_the_cifar10_format(tmp_path, cifar_dir):
+    run = tmp_path / "cifar" / "resnet20"
+    fit(*tiny_cifar(cifar_dir, run))
+    result = summary(run)
+    assert result["status"] == "finished" and result["steps"] == 4
+    assert result["val/images"] == 21 and result["test/images"] == 31
+    assert 0 <= result["test/error"] <= 1
+    assert train_rows(run).index.tolist() == [1, 2, 3, 4]
+
+
+def test_lr_schedule_read_from_the_log(tmp_path):
+    run = tmp_path / "d" / "schedule"
+    fit(*DIGITS, "--run_dir", str(run), "--trainer.max_steps", "8", "--data.init_args.batch_size", "16",
+        "--model.milestones", "[4, 6]", "--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "8")
+    lr = train_rows(run)["lr"]
+    assert lr.tolist() == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+
+
+def test_warmup_switches_when_the_training_error_crosses_80_percent(tmp_path):
+    run = tmp_path / "d" / "warmup"
+    fit(*DIGITS, "--run_dir", str(run), "--trainer.max_steps", "30", "--data.init_args.batch_size", "32",
+        "--model.warmup", "true", "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "30")
+    rows = train_rows(run)
+    crossed = rows.index[rows["train/error"] < 0.8][0]
+    assert 1 < crossed < 30
+    assert rows.loc[:crossed, "lr"].tolist() == pytest.approx([0.01] * crossed)
+    assert rows.loc[crossed + 1:, "lr"].tolist() == pytest.approx([0.1] * (30 - crossed))
+
+
+def test_warmup_is_on_by_default_for_n_18_only():
+    from resnet_repro.module import ResNetClassifier
+
+    assert ResNetClassifier("resnet110").warmup and ResNetClassifier("plain110").warmup
+    assert not ResNetClassifier("resnet56").warmup and not ResNetClassifier("resnet18").warmup
+    assert not ResNetClassifier("resnet110", warmup=False).warmup
+
+
+def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path):
+    # 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
+    args = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",
+            "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6", "--trainer.log_every_n_steps", "3",
+            "--trainer.val_check_interval", "6"]
+    straight, interrupted = tmp_path / "e" / "straight", tmp_path / "e" / "interrupted"
+    fit(*args, "--run_dir", str(straight))
+
+    killed = run_cli("fit", *args, "--run_dir", str(interrupted), "--wandb", "false",
+                     "--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.init_args.step", "9",
+                     env={"PYTHONPATH": str(REPO / "tests")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert summary(interrupted)["status"] == "running"
+    assert torch.load(interrupted / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+
+    fit(*args, "--run_dir", str(interrupted))
+    assert summary(interrupted)["status"] == "finished"
+    a, b = weights(straight), weights(interrupted)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = train_rows(straight), train_rows(interrupted)
+    assert rows_a["lr"].tolist() == rows_b["lr"].tolist()
+    assert rows_a["train/loss"].tolist() == rows_b["train/loss"].tolist()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_counts_every_test_image_once(tmp_path, cifar_dir):
+    run = tmp_path / "cifar" / "ddp"
+    result = run_cli("fit", *tiny_cifar(cifar_dir, run, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+                     "--wandb", "false", "--trainer.enable_progress_bar", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = summary(run)
+    assert done["status"] == "finished" and done["devices"] == 2 and done["steps"] == 4
+    assert done["test/images"] == 31 and done["val/images"] == 21  # odd sizes: no image dropped or repeated
+
+
+def test_offline_wandb_run_holds_name_group_config_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "digits-demo" / "resnet20-s0"
+    fit(*DIGITS, "--run_dir", str(run), "--wandb", "true", "--trainer.max_steps", "6",
+        "--data.init_args.batch_size", "16", "--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "6")
+    [record] = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    data = record.read_bytes()  # protobuf records: the strings are stored as they are
+    assert b"resnet20-s0" in data and b"digits-demo" in data  # run name, group
+    assert b'"milestones":[150,225]' in data.replace(b" ", b"")  # config
+    assert data.count(b"train/loss") >= 6 and b"test/error" in data
+    assert (run / "wandb_run_id").read_text().strip() in record.name
+
+
+def test_training_goes_on_with_one_warning_when_wandb_is_unusable(tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "wandb").mkdir(parents=True)
+    (broken / "wandb" / "__init__.py").write_text("raise ImportError('wandb is broken on purpose')\n")
+    run = tmp_path / "d" / "no-wandb"
+    result = run_cli("fit", *DIGITS, "--run_dir", str(run), "--trainer.max_steps", "3", "--data.init_args.batch_size",
+                     "16", "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false",
+                     env={"PYTHONPATH": str(broken)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("W&B is unusable") == 1
+    assert summary(run)["status"] == "finished" and len(train_rows(run)) == 3
+
+
+def test_unknown_model(tmp_path):
+    assert "unknown model 'resnet21': valid models are" in cli_error(
+        "fit", *DIGITS, "--run_dir", str(tmp_path / "r"), "--model.model", "resnet21")
+
+
+def test_unknown_config_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  learning_rate: 0.1\n")
+    assert "does not accept option 'model.learning_rate'" in cli_error("fit", *DIGITS, "--config", str(bad))
+
+
+def test_missing_and_corrupt_dataset(tmp_path):
+    empty = tmp_path / "empty"
+    message = cli_error("fit", *tiny_cifar(empty, tmp_path / "r" / "a"))
+    assert f"CIFAR-10 is not in {empty}/cifar-10-batches-py: download" in message
+    folder = write_cifar10(tmp_path / "data")
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    assert "test_batch is corrupt" in cli_error("fit", *tiny_cifar(tmp_path / "data", tmp_path / "r" / "b"))
+
+
+def test_truncated_checkpoint_stops_before_touching_the_run(tmp_path, cifar_dir):
+    run = tmp_path / "cifar" / "r"
+    fit(*tiny_cifar(cifar_dir, run))
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:20_000])
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    message = cli_error("fit", *tiny_cifar(cifar_dir, run, "--trainer.max_steps", "8"))
+    assert f"checkpoint {checkpoint} is unreadable" in message and "delete it to start the run over" in message
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "d" / "diverge"
+    message = cli_error("fit", *DIGITS, "--run_dir", str(run), "--wandb", "false", "--trainer.max_steps", "40",
+                        "--model.lr", "1e6", "--model.milestones", "[]", "--data.init_args.batch_size", "16",
+                        "--checkpoint.every_n_train_steps", "1", "--trainer.log_every_n_steps", "1",
+                        "--trainer.val_check_interval", "40", *["--trainer.enable_progress_bar", "false"])
+    assert "the training loss became" in message or "no longer finite" in message
+    assert summary(run)["status"] == "failed"
+    kept = weights(run)
+    assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "experiments").glob("*/base.yaml")), ids=lambda p: p.parent.name)
+def test_every_recipe_builds_through_lightning_cli(recipe, tmp_path):
+    from resnet_repro.cli import RunCLI
+    from resnet_repro.module import ResNetClassifier
+
+    cli = RunCLI(ResNetClassifier, subclass_mode_data=True, run=False, seed_everything_default=0,
+                 args=["--config", str(recipe), "--run_dir", str(tmp_path / "r"), "--wandb", "false",
+                       "--trainer.accelerator", "cpu"])
+    assert cli.model.hparams.model in ("resnet20", "resnet34")
+    assert cli.trainer.max_steps > 0 and cli.datamodule.batch_size > 0
