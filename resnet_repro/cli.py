@@ -22,7 +22,6 @@ TRAINER_DEFAULTS = {
     "check_val_every_n_epoch": None,  # validate every val_check_interval iterations, across epochs
     "use_distributed_sampler": False,  # our data modules shard themselves, without repeating eval images
     "num_sanity_val_steps": 0,
-    "deterministic": False,
 }
 
 
@@ -74,11 +73,16 @@ class RunCLI(LightningCLI):
                 logger.experiment.finish()  # writes the offline run out completely, ready for `wandb sync`
 
 
+def build_cli(args: list[str] | None, run: bool = True) -> RunCLI:
+    """The LightningCLI of this project; with run=False it only builds the model, data and trainer."""
+    return RunCLI(ResNetClassifier, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
+                  trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
+                  save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+
+
 def lightning_command(argv: list[str]) -> None:
     # LightningCLI reads sys.argv itself, and warns when it is also given the same arguments
-    RunCLI(ResNetClassifier, subclass_mode_data=True, args=None if argv == sys.argv[1:] else argv, seed_everything_default=0,
-           trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
-           save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+    build_cli(None if argv == sys.argv[1:] else argv)
 
 
 def models_command(argv: list[str]) -> None:

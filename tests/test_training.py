@@ -182,11 +182,9 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "experiments").glob("*/base.yaml")), ids=lambda p: p.parent.name)
 def test_every_recipe_builds_through_lightning_cli(recipe, tmp_path):
-    from resnet_repro.cli import RunCLI
-    from resnet_repro.module import ResNetClassifier
+    from resnet_repro.cli import build_cli
 
-    cli = RunCLI(ResNetClassifier, subclass_mode_data=True, run=False, seed_everything_default=0,
-                 args=["--config", str(recipe), "--run_dir", str(tmp_path / "r"), "--wandb", "false",
-                       "--trainer.accelerator", "cpu"])
+    cli = build_cli(["--config", str(recipe), "--run_dir", str(tmp_path / "r"), "--wandb", "false",
+                     "--trainer.accelerator", "cpu"], run=False)
     assert cli.model.hparams.model in ("resnet20", "resnet34")
     assert cli.trainer.max_steps > 0 and cli.datamodule.batch_size > 0
