@@ -93,7 +93,13 @@ def models_command(argv: list[str]) -> None:
     print(format_complexity_table(complexity_table()))
 
 
-COMMANDS = {"models": models_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
+def run_command(argv: list[str]) -> None:
+    from .experiments import run_command as run_experiment
+
+    run_experiment(argv)
+
+
+COMMANDS = {"models": models_command, "run": run_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,3 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(error, ArgumentError):
             message += f" (resnet-repro {command} --help lists the valid keys)"
         sys.exit(f"resnet-repro {command}: {message}")
+
+
+if __name__ == "__main__":  # `python -m resnet_repro.cli`: how torchrun and the local launcher start a run
+    main()

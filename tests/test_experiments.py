@@ -1,0 +1,137 @@
+"""`resnet-repro run`: experiment files expand into named runs, launch, resume after a kill, or become scripts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, cli_error, run_cli, summary
+from resnet_repro.cli import main
+from resnet_repro.experiments import load_experiment
+
+EXPERIMENT_FILES = sorted(path for path in (REPO / "experiments").rglob("*.yaml") if path.name != "base.yaml")
+TINY = {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
+        "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": False,
+        "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
+
+
+def write_experiment(folder: Path, name: str = "tiny", **spec) -> Path:
+    path = folder / "exps" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"recipe": str(REPO / "experiments/digits/base.yaml"), "overrides": TINY, **spec}))
+    return path
+
+
+def test_the_paper_experiments_are_all_there():
+    names = {str(path.relative_to(REPO / "experiments")) for path in EXPERIMENT_FILES}
+    assert {"cifar10/table6.yaml", "cifar10/fig6-plain.yaml", "imagenet/table2.yaml", "imagenet/table3.yaml",
+            "fashion/depth.yaml", "demo.yaml"} <= names
+    for path in EXPERIMENT_FILES:  # the header says how to run it, on what, and what to expect
+        header = path.read_text().split("\nrecipe:")[0]
+        assert f"resnet-repro run {path.relative_to(REPO)}" in header and "Hardware:" in header, path
+
+
+def test_table6_expands_into_named_runs():
+    experiment = load_experiment(REPO / "experiments/cifar10/table6.yaml")
+    assert experiment.name == "cifar10-table6"
+    assert [run.name for run in experiment.runs] == [
+        "resnet20-s0", "resnet32-s0", "resnet44-s0", "resnet56-s0",
+        *(f"resnet110-s{seed}" for seed in range(5)), "resnet1202-s0"]
+    assert experiment.runs[-1].settings["model.warmup"] is True  # the patch, which does not change the name
+    table3 = load_experiment(REPO / "experiments/imagenet/table3.yaml")
+    assert [run.name for run in table3.runs][:4] == ["plain34-s0", "resnet34-A-s0", "resnet34-B-s0", "resnet34-C-s0"]
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_every_run_of_every_experiment_builds_through_lightning_cli(path, tmp_path):
+    from resnet_repro.cli import build_cli
+
+    experiment = load_experiment(path)
+    built = set()
+    for run in experiment.runs:
+        if tuple(run.settings.items()) in built:
+            continue  # another seed of the same settings
+        built.add(tuple(run.settings.items()))
+        args = run.fit_args(experiment.recipe, tmp_path / run.name)
+        cli = build_cli([*args, "--wandb", "false", "--trainer.accelerator", "cpu"], run=False)
+        assert cli.model.hparams.model == experiment.setting(run, "model.model")
+        assert cli.trainer.max_steps == experiment.setting(run, "trainer.max_steps")
+        assert type(cli.datamodule).__name__ == experiment.setting(run, "data.class_path").rsplit(".", 1)[-1]
+
+
+def test_dry_run_prints_each_run_with_its_cost_and_command(capsys):
+    main(["run", str(REPO / "experiments/demo.yaml"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "3 x forward" in out
+    for name, model in [("plain20-s0", "plain20"), ("plain56-s0", "plain56"), ("resnet56-s0", "resnet56")]:
+        assert f"{name}: {model}, 300 iterations of 128" in out
+        assert f"--run_dir runs/demo/{name} --seed_everything 0" in out
+    assert "269,722 params" in out  # plain-20
+
+
+def test_a_killed_experiment_resumes_where_it_stopped(tmp_path):
+    runs_root = tmp_path / "runs"
+    kill = {"when": {"model.model": "resnet20"},
+            "set": {"trainer.callbacks": [{"class_path": "killer.KillAtStep", "init_args": {"step": 3}}]}}
+    path = write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]}, patches=[kill])
+    command = ["run", str(path), "--runs-root", str(runs_root)]
+    env = {"PYTHONPATH": str(REPO / "tests")}
+
+    first = run_cli(*command, env=env)
+    assert first.returncode != 0 and "1 of 2 runs failed: resnet20-s0" in first.stderr, first.stderr[-2000:]
+    done, killed = runs_root / "exps-tiny" / "plain20-s0", runs_root / "exps-tiny" / "resnet20-s0"
+    assert summary(done)["status"] == "finished" and summary(killed)["status"] == "running"
+    assert torch.load(killed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+    finished_at = (done / "summary.json").stat().st_mtime_ns
+
+    write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})  # the same runs, without the kill
+    second = run_cli(*command, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "plain20-s0: finished, skipped" in second.stdout
+    assert (done / "summary.json").stat().st_mtime_ns == finished_at
+    assert "Restored all states from the checkpoint" in second.stdout + second.stderr
+    assert summary(killed)["status"] == "finished" and summary(killed)["steps"] == 4
+
+
+def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
+    path = write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})
+    main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "slurm", "--nodes", "2",
+          "--devices", "4"])
+    job = (tmp_path / "runs/exps-tiny/resnet20-s0/job.sbatch").read_text()
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --signal=SIGUSR1@90", "#SBATCH --requeue"]:
+        assert line in job.splitlines()
+    [srun] = [line for line in job.splitlines() if line.startswith("srun ")]
+    assert srun.startswith("srun resnet-repro fit --config ") and "--model.model resnet20" in srun
+    assert srun.endswith("--trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp")
+
+    main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "torchrun", "--nodes", "3",
+          "--devices", "2", "--only", "plain20-s0"])
+    launch = (tmp_path / "runs/exps-tiny/plain20-s0/launch.sh").read_text()
+    assert "torchrun --nnodes 3 --nproc_per_node 2 " in launch and " -m resnet_repro.cli fit --config " in launch
+    assert launch.rstrip().endswith("--trainer.num_nodes 3 --trainer.devices 2 --trainer.strategy ddp")
+    assert not (tmp_path / "runs/exps-tiny/resnet20-s0/launch.sh").exists()  # --only
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"model.model": ["resnet20"]}, "sedes": [1]}, "tiny.yaml: unknown key sedes"),
+    ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet21"}]}, "tiny.yaml: run resnet21-s0: unknown model 'resnet21'"),
+    ({"runs": [{"model.model": "plain20", "model.shortcut": "B"}]}, "tiny.yaml: run plain20-B-s0: plain20 takes no shortcut"),
+    ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet20", "seeds": [0, 1]}]},
+     "tiny.yaml: more than one run is named resnet20-s0"),
+])
+def test_a_malformed_experiment_is_rejected_in_one_line_before_anything_starts(tmp_path, spec, message):
+    path = write_experiment(tmp_path, **spec)
+    error = cli_error("run", str(path), "--runs-root", str(tmp_path / "runs"))
+    assert error.startswith("resnet-repro run: ") and message in error and str(path) in error
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_local_run_on_two_cpu_processes(tmp_path):
+    path = write_experiment(tmp_path, grid={"model.model": ["resnet20"]})
+    result = run_cli("run", str(path), "--runs-root", str(tmp_path / "runs"), "--devices", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = summary(tmp_path / "runs/exps-tiny/resnet20-s0")
+    assert done["status"] == "finished" and done["devices"] == 2 and done["steps"] == 4
