@@ -7,6 +7,7 @@ loss, error and lr are logged for every iteration; validation and test top-1 (an
 micro-averaged over every image of their set, on any number of ranks.
 """
 
+import math
 from bisect import bisect_right
 
 import lightning as L
@@ -98,7 +99,7 @@ class ResNetClassifier(L.LightningModule):
         self._train_log = []
         values = self.trainer.strategy.reduce(torch.stack(values), reduce_op="mean").tolist()
         for iteration, lr, (loss, error) in zip(iterations, lrs, values):
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {loss} at iteration {iteration}; the run stopped "
                                          f"and its last checkpoint holds the last good weights (try a lower lr)")
             for logger in self.loggers:

@@ -39,8 +39,12 @@ class CIFAR10DataModule(SmallImageDataModule):
         super().__init__(**kwargs)
         self.data_dir, self.download = Path(data_dir), download
 
+    @property
+    def folder(self) -> Path:
+        return self.data_dir / "cifar-10-batches-py"
+
     def prepare_data(self) -> None:
-        folder = self.data_dir / "cifar-10-batches-py"
+        folder = self.folder
         if folder.is_dir():
             return
         if not self.download:
@@ -53,7 +57,5 @@ class CIFAR10DataModule(SmallImageDataModule):
                                     f"download {URL} and extract it into {self.data_dir}") from error
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        folder = self.data_dir / "cifar-10-batches-py"
-        if not folder.is_dir():
-            self.prepare_data()  # setup without a trainer (a notebook, a test) still finds or fetches the data
-        return (*read_cifar_batches(folder, TRAIN_FILES), *read_cifar_batches(folder, [TEST_FILE]))
+        self.prepare_data()  # setup without a trainer (a notebook, a test) still finds or fetches the data
+        return (*read_cifar_batches(self.folder, TRAIN_FILES), *read_cifar_batches(self.folder, [TEST_FILE]))

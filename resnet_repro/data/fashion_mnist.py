@@ -67,7 +67,6 @@ class FashionMNISTDataModule(SmallImageDataModule):
             raise FileNotFoundError(f"Fashion-MNIST is not in {where} and downloading it failed ({error})") from error
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if not find_idx_files(self.folders):
-            self.prepare_data()
+        self.prepare_data()  # setup without a trainer still finds or fetches the data
         train_x, train_y, test_x, test_y = find_idx_files(self.folders)
         return to_rgb32(read_idx(train_x)), read_idx(train_y).long(), to_rgb32(read_idx(test_x)), read_idx(test_y).long()
