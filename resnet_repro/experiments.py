@@ -15,6 +15,7 @@ interrupted ones resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import re
@@ -152,10 +153,14 @@ def load_experiment(path: Path) -> Experiment:
 
 def build_on_meta(experiment: Experiment, run: Run) -> torch.nn.Module:
     """The run's net with shapes only (no memory, no initialisation): checks the model, counts its size."""
-    shortcut = experiment.setting(run, "model.shortcut")
+    return meta_net(experiment.setting(run, "model.model"), experiment.setting(run, "model.shortcut"),
+                    experiment.setting(run, "model.num_classes"))
+
+
+@functools.cache  # seeds of one model, and the check at load time then the dry run, share one build
+def meta_net(model: str, shortcut: str | None, num_classes: int) -> torch.nn.Module:
     with torch.device("meta"):
-        return build_model(experiment.setting(run, "model.model"), num_classes=experiment.setting(run, "model.num_classes"),
-                           **({"shortcut": shortcut} if shortcut else {}))
+        return build_model(model, num_classes=num_classes, **({"shortcut": shortcut} if shortcut else {}))
 
 
 def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[str]:
