@@ -6,6 +6,7 @@
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError
@@ -73,9 +74,29 @@ class RunCLI(LightningCLI):
                 logger.experiment.finish()  # writes the offline run out completely, ready for `wandb sync`
 
 
-def build_cli(args: list[str] | None, run: bool = True) -> RunCLI:
+class ConfigCheck(RunCLI):
+    """Parses a config (unknown keys, wrong types) and builds nothing."""
+
+    def _set_seed(self) -> None:
+        pass  # parsing must not reseed the caller's random generators
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_config(args: list[str]) -> None:
+    """Raise jsonargparse's ArgumentError if `resnet-repro fit ARGS` would not parse."""
+    with warnings.catch_warnings():  # LightningCLI warns when given args while sys.argv holds another command
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        build_cli(args, run=False, cli_class=ConfigCheck)
+
+
+def build_cli(args: list[str] | None, run: bool = True, cli_class: type[RunCLI] = RunCLI) -> RunCLI:
     """The LightningCLI of this project; with run=False it only builds the model, data and trainer."""
-    return RunCLI(ResNetClassifier, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
+    return cli_class(ResNetClassifier, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
                   trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
                   save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
 

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from jsonargparse import ArgumentError
 
 from .analysis.complexity import count_macs, count_params
+from .cli import check_config
 from .models import build_model, get_spec
 from .rundir import read_summary
 
@@ -139,8 +141,9 @@ def load_experiment(path: Path) -> Experiment:
                 if all(experiment.setting(run, key) == value for key, value in patch["when"].items()):
                     run.settings.update(patch["set"])
             try:
+                check_config(run.fit_args(recipe, Path("runs") / experiment.name / run.name))
                 build_on_meta(experiment, run)
-            except ValueError as error:
+            except (ArgumentError, ValueError) as error:
                 raise ValueError(f"{path}: run {run.name}: {error}") from error
             experiment.runs.append(run)
 
@@ -171,16 +174,26 @@ def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[st
     return args + (["--trainer.strategy", "ddp"] if devices * nodes > 1 else [])
 
 
-def describe(experiment: Experiment, run: Run, fit_args: list[str]) -> str:
+def describe(experiment: Experiment, run: Run, command: str) -> str:
     net = build_on_meta(experiment, run)
     model = experiment.setting(run, "model.model")
     steps, batch = experiment.setting(run, "trainer.max_steps"), experiment.setting(run, "data.init_args.batch_size")
     flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs\n  resnet-repro fit {shlex.join(fit_args)}")
+            f"{flops:.3g} training FLOPs\n  {command}")
 
 
-def slurm_script(experiment: Experiment, run: Run, run_dir: Path, fit_args: list[str], nodes: int, devices: int) -> str:
+def launch_command(launcher: str, fit_args: list[str], nodes: int, devices: int) -> str:
+    """The command line that trains a run: here, under torchrun (on each node), or as SLURM's job step."""
+    fit = shlex.join(fit_args)
+    if launcher == "torchrun":
+        return (f"torchrun --nnodes {nodes} --nproc_per_node {devices} --node_rank ${{NODE_RANK:-0}} "
+                f"--master_addr ${{MASTER_ADDR:-127.0.0.1}} --master_port ${{MASTER_PORT:-29500}} "
+                f"-m resnet_repro.cli fit {fit}")
+    return f"srun resnet-repro fit {fit}" if launcher == "slurm" else f"resnet-repro fit {fit}"
+
+
+def slurm_script(experiment: Experiment, run: Run, run_dir: Path, command: str, nodes: int, devices: int) -> str:
     # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the
     # job; the requeued job's `fit` resumes from last.ckpt in the run directory.
     return "\n".join([
@@ -193,19 +206,17 @@ def slurm_script(experiment: Experiment, run: Run, run_dir: Path, fit_args: list
         "#SBATCH --requeue",
         f"#SBATCH --output={run_dir.absolute()}/slurm-%j.out",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        f"srun resnet-repro fit {shlex.join(fit_args)}",
+        command,
         "",
     ])
 
 
-def torchrun_script(run: Run, fit_args: list[str], nodes: int, devices: int) -> str:
+def torchrun_script(run: Run, command: str, nodes: int) -> str:
     return "\n".join([
         "#!/bin/bash",
         f"# {run.name}: run on each of the {nodes} node(s), with NODE_RANK and MASTER_ADDR set for a multi-node job",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        f"torchrun --nnodes {nodes} --nproc_per_node {devices} --node_rank ${{NODE_RANK:-0}} "
-        f"--master_addr ${{MASTER_ADDR:-127.0.0.1}} --master_port ${{MASTER_PORT:-29500}} "
-        f"-m resnet_repro.cli fit {shlex.join(fit_args)}",
+        command,
         "",
     ])
 
@@ -246,14 +257,15 @@ def run_command(argv: list[str]) -> None:
         devices = args.devices or experiment.setting(run, "trainer.devices") or 1
         fit_args = run.fit_args(experiment.recipe, run_dir) + device_args(args.launcher, devices, args.nodes,
                                                                          asked=args.devices is not None)
+        command = launch_command(args.launcher, fit_args, args.nodes, devices)
         if args.dry_run:
-            print(describe(experiment, run, fit_args))
+            print(describe(experiment, run, command))
             continue
         if read_summary(run_dir).get("status") == "finished":
             print(f"{run.name}: finished, skipped")
             continue
         if args.launcher == "local":
-            print(f"{run.name}: resnet-repro fit {shlex.join(fit_args)}", flush=True)
+            print(f"{run.name}: {command}", flush=True)
             # a run directory with a checkpoint resumes: fit does that itself
             if subprocess.run([sys.executable, "-m", "resnet_repro.cli", "fit", *fit_args]).returncode != 0:
                 failed.append(run.name)
@@ -261,14 +273,14 @@ def run_command(argv: list[str]) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.launcher == "torchrun":
             script = run_dir / "launch.sh"
-            script.write_text(torchrun_script(run, fit_args, args.nodes, devices))
-            command = ["bash", str(script)]
+            script.write_text(torchrun_script(run, command, args.nodes))
+            submit = ["bash", str(script)]
         else:
             script = run_dir / "job.sbatch"
-            script.write_text(slurm_script(experiment, run, run_dir, fit_args, args.nodes, devices))
-            command = ["sbatch", str(script)]
+            script.write_text(slurm_script(experiment, run, run_dir, command, args.nodes, devices))
+            submit = ["sbatch", str(script)]
         print(f"{run.name}: wrote {shown(script)}")
-        if args.submit and subprocess.run(command).returncode != 0:
+        if args.submit and subprocess.run(submit).returncode != 0:
             failed.append(run.name)
     if failed:
         sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "

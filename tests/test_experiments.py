@@ -114,10 +114,21 @@ def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
     assert not (tmp_path / "runs/exps-tiny/resnet20-s0/launch.sh").exists()  # --only
 
 
+def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
+    path = write_experiment(tmp_path, grid={"model.model": ["resnet20"]})
+    main(["run", str(path), "--dry-run", "--launcher", "slurm", "--nodes", "2", "--devices", "4"])
+    assert "\n  srun resnet-repro fit --config " in capsys.readouterr().out
+    main(["run", str(path), "--dry-run", "--launcher", "torchrun", "--devices", "2"])
+    assert "\n  torchrun --nnodes 1 --nproc_per_node 2 " in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not Path("runs/exps-tiny").exists()
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"model.model": ["resnet20"]}, "sedes": [1]}, "tiny.yaml: unknown key sedes"),
     ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet21"}]}, "tiny.yaml: run resnet21-s0: unknown model 'resnet21'"),
     ({"runs": [{"model.model": "plain20", "model.shortcut": "B"}]}, "tiny.yaml: run plain20-B-s0: plain20 takes no shortcut"),
+    ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet32", "model.learning_rate": 0.1}]},
+     "tiny.yaml: run resnet32-learning_rate0.1-s0: unrecognized arguments: --model.learning_rate 0.1"),
     ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet20", "seeds": [0, 1]}]},
      "tiny.yaml: more than one run is named resnet20-s0"),
 ])
