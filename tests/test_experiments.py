@@ -1,5 +1,6 @@
 """`resnet-repro run`: experiment files expand into named runs, launch, resume after a kill, or become scripts."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,17 @@ def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
     assert launch.rstrip().endswith("--trainer.num_nodes 3 --trainer.devices 2 --trainer.strategy ddp")
     assert not (tmp_path / "runs/exps-tiny/resnet20-s0/launch.sh").exists()  # --only
 
+
+def test_submit_hands_each_script_to_sbatch(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/submitted\n")
+    (fake / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    path = write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})
+    main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "slurm", "--submit"])
+    submitted = (tmp_path / "submitted").read_text().split()
+    assert sorted(submitted) == sorted(str(tmp_path / f"runs/exps-tiny/{n}/job.sbatch") for n in ["plain20-s0", "resnet20-s0"])
 
 def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     path = write_experiment(tmp_path, grid={"model.model": ["resnet20"]})
