@@ -3,6 +3,8 @@
     resnet-repro models                                   the registered nets, their params and MACs
     resnet-repro fit --config experiments/cifar10/base.yaml [--model.model resnet56 ...]
     resnet-repro validate|test --config RUN_DIR/config.yaml --ckpt_path RUN_DIR/checkpoints/last.ckpt
+    resnet-repro run experiments/cifar10/table6.yaml [--dry-run] [--devices N] [--launcher local|torchrun|slurm]
+    resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
 """
 
 import sys
@@ -120,7 +122,13 @@ def run_command(argv: list[str]) -> None:
     run_experiment(argv)
 
 
-COMMANDS = {"models": models_command, "run": run_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
+def report_command(argv: list[str]) -> None:
+    from .report.write import report_command as write_report
+
+    write_report(argv)
+
+
+COMMANDS = {"models": models_command, "run": run_command, "report": report_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -143,6 +143,8 @@ class RunSummary(L.Callback):
             "run": self.run_dir.name,
             "experiment": self.run_dir.parent.name,
             "model": pl_module.hparams.model,
+            "data": type(trainer.datamodule).__name__,
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", 0)),  # set by LightningCLI's seed_everything
             "shortcut": pl_module.hparams.shortcut,
             "params": pl_module.num_params,
             "steps": trainer.global_step,

@@ -34,3 +34,23 @@ def test_lr_multiplier_follows_milestones_and_warmup():
     module.warmup_ended_at = 400
     factors = [module.lr_multiplier(step) for step in (400, 31_999, 32_000, 47_999, 48_000, 63_999)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_channels_last_changes_no_result():
+    # the fast memory layout against the plain one: the same loss curve over a few SGD steps
+    torch.manual_seed(0)
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    losses = {}
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        module = ResNetClassifier("resnet20", channels_last=channels_last)
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+        losses[channels_last] = []
+        for _ in range(4):
+            loss = torch.nn.functional.cross_entropy(module(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[channels_last].append(loss.item())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert losses[True][-1] < losses[True][0]

@@ -43,3 +43,16 @@ PYTORCH_CIFAR10_REPRODUCTION_ERROR = {"resnet20": 8.27, "resnet32": 7.37, "resne
                                       "resnet110": 6.32, "resnet1202": 6.18}
 FB_RESNET_TORCH_TOP1_TOP5 = {"resnet18": (28.22, 9.42), "resnet34": (24.76, 7.35), "resnet50": (22.24, 6.08),
                              "resnet101": (21.08, 5.35), "resnet152": (20.69, 5.21)}
+
+
+def paper_error(data: str, model: str, shortcut: str | None) -> tuple[float | None, float | None]:
+    """The paper's (top-1, top-5) error for a net trained on a data module, or None where it publishes none.
+    Only CIFAR-10 and ImageNet runs are compared: the paper has no numbers for the other datasets."""
+    if data == "CIFAR10DataModule":
+        return TABLE6_ERROR.get(model), None
+    if data == "ImageNetDataModule":
+        key = (model, None if model.startswith("plain") else shortcut or "B")
+        if key in TABLE3_TOP1_TOP5:
+            return TABLE3_TOP1_TOP5[key]
+        return TABLE2_TOP1.get(model) if key[1] in (None, "A") else None, None
+    return None, None

@@ -1,0 +1,54 @@
+"""The experiment's table: one row per net, measured error over seeds next to the paper's number."""
+
+import pandas as pd
+
+from .paper import paper_error
+
+
+def describe_runs(group: pd.DataFrame) -> str:
+    """'2/3 finished; s2 failed': every run of the row is accounted for, the unfinished ones by name."""
+    finished = (group.status == "finished").sum()
+    others = [f"s{int(r.seed)} {r.status}" if pd.notna(r.seed) else f"{r.run} {r.status}"
+              for r in group.itertuples() if r.status != "finished"]
+    return "; ".join([f"{finished}/{len(group)} finished", *others])
+
+
+def error_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Errors in percent. Mean, std (over seeds, ddof=1) and best are over finished runs only; a row whose
+    runs are not all finished says so in its `runs` cell, and one with none finished has no error."""
+    rows = []
+    keys = runs[["model", "shortcut"]].astype(str).apply(tuple, axis=1)
+    for _, group in runs.groupby(keys, sort=False):
+        done = group[group.status == "finished"]
+        first = group.iloc[0]
+        paper_top1, paper_top5 = paper_error(first.data, first.model, first.shortcut)
+        error = 100 * done.error
+        row = {
+            "model": first.model,
+            "shortcut": first.shortcut,
+            "runs": describe_runs(group),
+            "seeds": len(done),
+            "error mean": error.mean(),
+            "error std": error.std(ddof=1),
+            "error best": error.min(),
+            "paper": paper_top1,
+            "difference": error.mean() - paper_top1 if paper_top1 is not None else float("nan"),
+            "train error": 100 * done.train_error.mean(),
+            "params": first.params,
+            "iterations": done.steps.max() if len(done) else first.max_steps,
+        }
+        if group.top5_error.notna().any():
+            row["top-5 mean"], row["paper top-5"] = 100 * done.top5_error.mean(), paper_top5
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Markdown with errors to two decimals; empty cells where there is nothing to show."""
+    shown = table.astype(object).where(table.notna(), "")
+    for column in table.columns:
+        if table[column].dtype.kind == "f" and column not in ("params", "iterations"):
+            shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{x:.2f}")
+    for column in ("params", "iterations"):
+        shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{int(x):,}")
+    return shown.to_markdown(index=False, disable_numparse=True)  # keep "3.00" as written

@@ -1,0 +1,61 @@
+"""`resnet-repro report runs/<experiment>`: the table (Markdown, CSV), the training curves (PNG) and a README
+saying what made them, written all at once: a crash half-way leaves the previous report as it was."""
+
+import argparse
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from .collect import collect_runs
+from .figures import training_curves
+from .tables import error_table, format_table
+
+
+def write_report(experiment_dir: Path, out: Path, command: str) -> str:
+    runs, curves = collect_runs(experiment_dir)
+    table = error_table(runs)
+    markdown = format_table(table)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        table.to_csv(staging / "table.csv", index=False)
+        (staging / "table.md").write_text(markdown + "\n")
+        figure = training_curves(runs, curves)
+        figure.savefig(staging / "curves.png", dpi=120)
+        plt.close(figure)
+        (staging / "README.md").write_text(readme(experiment_dir, runs, markdown, command))
+        if out.exists():  # swap in the new report, then drop the old one
+            old = out.with_name(f".{out.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return markdown
+
+
+def readme(experiment_dir: Path, runs, markdown: str, command: str) -> str:
+    listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}" for r in runs.itertuples())
+    return (f"# Report of `{experiment_dir}`\n\nMade by `{command}` from these runs:\n\n{listed}\n\n"
+            f"Errors are in percent: the last test error each run logged (validation error where it logged none), "
+            f"mean, std (ddof=1) and best over the finished seeds; `train error` is the mean training error over "
+            f"the last 5% of iterations. `curves.png`: training error dashed, test error bold.\n\n{markdown}\n")
+
+
+def report_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="resnet-repro report", description="tables and figures from run directories")
+    parser.add_argument("experiment_dir", type=Path, help="runs/<experiment>")
+    parser.add_argument("--out", type=Path, help="default: results/<experiment>")
+    args = parser.parse_args(argv)
+    out = args.out or Path("results") / args.experiment_dir.name
+    command = shlex.join(["resnet-repro", "report", str(args.experiment_dir), "--out", str(out)])
+    print(write_report(args.experiment_dir, out, command))
+    print(f"\nwritten to {out}/: table.md, table.csv, curves.png, README.md")
