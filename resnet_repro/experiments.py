@@ -15,7 +15,6 @@ interrupted ones resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
-import functools
 import itertools
 import json
 import re
@@ -29,9 +28,9 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from .analysis.complexity import count_macs, count_params
+from .analysis.complexity import count_macs, count_params, meta_model
 from .cli import check_config
-from .models import build_model, get_spec
+from .models import get_spec
 from .rundir import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,15 +154,9 @@ def load_experiment(path: Path) -> Experiment:
 
 
 def build_on_meta(experiment: Experiment, run: Run) -> torch.nn.Module:
-    """The run's net with shapes only (no memory, no initialisation): checks the model, counts its size."""
-    return meta_net(experiment.setting(run, "model.model"), experiment.setting(run, "model.shortcut"),
-                    experiment.setting(run, "model.num_classes"))
-
-
-@functools.cache  # seeds of one model, and the check at load time then the dry run, share one build
-def meta_net(model: str, shortcut: str | None, num_classes: int) -> torch.nn.Module:
-    with torch.device("meta"):
-        return build_model(model, num_classes=num_classes, **({"shortcut": shortcut} if shortcut else {}))
+    """The run's net with shapes only: checks the model, counts its size (one build per distinct net)."""
+    return meta_model(experiment.setting(run, "model.model"), experiment.setting(run, "model.shortcut"),
+                      experiment.setting(run, "model.num_classes"))
 
 
 def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[str]:

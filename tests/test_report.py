@@ -117,3 +117,37 @@ def test_an_empty_experiment_directory_says_so(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["report", str(tmp_path / "runs" / "nothing")])
     assert "no run directories in" in str(exit_.value.code)
+
+
+class FakeWandbRun:
+    def __init__(self, name, seed, state, errors):
+        self.name, self.state = name, state
+        self.config = {"model": {"model": "resnet20", "shortcut": None, "num_classes": 10}, "seed_everything": seed,
+                       "data": {"class_path": "resnet_repro.data.CIFAR10DataModule"}, "trainer": {"max_steps": 200}}
+        self.summary = {"trainer/global_step": 200}
+        self.history = [{"trainer/global_step": s, "train/error": 0.05, "lr": 0.1} for s in range(1, 201)]
+        self.history += [{"trainer/global_step": 100 * (i + 1), "test/error": e, "epoch": 0} for i, e in enumerate(errors)]
+
+    def scan_history(self):
+        return iter(self.history)
+
+
+def test_the_same_table_from_wandb_runs(monkeypatch):
+    import wandb
+
+    asked = {}
+
+    class FakeApi:
+        def runs(self, path, filters):
+            asked.update(path=path, filters=filters)
+            return [FakeWandbRun("resnet20-s0", 0, "finished", [0.10, 0.09]),
+                    FakeWandbRun("resnet20-s1", 1, "crashed", [0.30])]
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    from resnet_repro.report.collect import collect_wandb
+
+    runs, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
+    assert asked == {"path": "me/resnet-repro", "filters": {"group": "cifar10-mini"}}
+    row = error_table(runs).iloc[0]
+    assert row["runs"] == "1/2 finished; s1 failed" and row["error mean"] == pytest.approx(9.0)
+    assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == 8.75

@@ -1,6 +1,7 @@
 """Exact parameter and forward multiply-accumulate counts, read off a model instance (not a formula)."""
 
 import copy
+import functools
 
 import pandas as pd
 import torch
@@ -39,13 +40,20 @@ def count_macs(model: nn.Module, input_size: int) -> int:
     return total
 
 
+@functools.cache  # shapes only, so one build serves every caller that counts or checks this net
+def meta_model(name: str, shortcut: str | None = None, num_classes: int | None = None) -> nn.Module:
+    """A registered net on the meta device (no memory, no initialisation); raises ValueError like build_model."""
+    overrides = {k: v for k, v in {"shortcut": shortcut, "num_classes": num_classes}.items() if v is not None}
+    with torch.device("meta"):
+        return build_model(name, **overrides)
+
+
 def complexity_table() -> pd.DataFrame:
     """Every registered model with its layers, parameters and MACs, beside the paper's values."""
     rows = []
     for name in list_models():
         spec = get_spec(name)
-        with torch.device("meta"):  # counting needs shapes only: skip allocating and initialising weights
-            model = build_model(name)
+        model = meta_model(name)
         paper_params = TABLE6_PARAMS.get(name.replace("plain", "resnet")) if spec.input_size == 32 else None
         rows.append({
             "model": name,

@@ -10,15 +10,18 @@ RUN_COLUMNS = ["run", "model", "shortcut", "seed", "data", "status", "params", "
                "train_error", "error", "top5_error", "eval_metric", "git_revision"]
 
 
-def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.csv with one row per step and metric name; a step logged twice (a resumed run re-logs the
-    iterations after its last checkpoint) keeps its last value."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=["step", "metric", "value"])
-    wide = pd.read_csv(path).drop(columns=["epoch"], errors="ignore")
-    long = wide.melt(id_vars="step", var_name="metric", value_name="value").dropna(subset=["value"])
+def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
+    """Logged rows (a step column and one column per metric) to one row per step and metric name; a step
+    logged twice (a resumed run re-logs the iterations after its last checkpoint) keeps its last value."""
+    metrics = [c for c in wide.columns if c.startswith(("train/", "val/", "test/")) or c == "lr"]
+    long = wide.melt(id_vars="step", value_vars=metrics, var_name="metric", value_name="value")
+    long = long.dropna(subset=["value"]).astype({"step": int, "value": float})
     return long.drop_duplicates(["step", "metric"], keep="last").sort_values(["metric", "step"], ignore_index=True)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / "metrics.csv"
+    return tidy_metrics(pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["step"]))
 
 
 def final_train_error(curves: pd.DataFrame, fraction: float = 0.05) -> float:
@@ -38,22 +41,55 @@ def collect_runs(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, curves) of every run directory below `experiment_dir`. A run's error is the last logged test error
     (the test set during fit, or a later `resnet-repro test`), else the last validation error; errors are
     fractions. Runs without a finished summary keep their status (running, failed, not started)."""
-    runs, curves = [], []
+    found = []
     for run_dir in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
         summary, metrics = read_summary(run_dir), read_metrics(run_dir)
-        if not summary and metrics.empty:
-            continue  # not a run directory
+        if summary or not metrics.empty:  # else not a run directory
+            found.append((run_dir.name, summary, metrics))
+    if not found:
+        raise FileNotFoundError(f"no run directories in {experiment_dir}: run an experiment first "
+                                f"(resnet-repro run experiments/...)")
+    return tabulate_runs(found)
+
+
+def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(name, summary, tidy metrics) of each run into the (runs, curves) frames."""
+    runs = []
+    for name, summary, metrics in found:
         eval_metric = "test" if (metrics.metric == "test/error").any() else "val"
         runs.append({
-            "run": run_dir.name, "model": summary.get("model"), "shortcut": summary.get("shortcut"),
+            "run": name, "model": summary.get("model"), "shortcut": summary.get("shortcut"),
             "seed": summary.get("seed"), "data": summary.get("data"), "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
             "train_error": final_train_error(metrics), "error": last(metrics, f"{eval_metric}/error"),
             "top5_error": last(metrics, f"{eval_metric}/top5_error"), "eval_metric": eval_metric,
             "git_revision": summary.get("git_revision"),
         })
-        curves.append(metrics.assign(run=run_dir.name))
-    if not runs:
-        raise FileNotFoundError(f"no run directories in {experiment_dir}: run an experiment first "
-                                f"(resnet-repro run experiments/...)")
-    return pd.DataFrame(runs, columns=RUN_COLUMNS), pd.concat(curves, ignore_index=True)
+    curves = pd.concat([metrics.assign(run=name) for name, _, metrics in found], ignore_index=True)
+    return pd.DataFrame(runs, columns=RUN_COLUMNS), curves
+
+
+def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same frames from the W&B runs of one group (an experiment), through W&B's public API: the run's
+    resolved config (logged at its start), its state, and its full metric history."""
+    import wandb
+
+    from ..analysis.complexity import count_params, meta_model
+
+    found = []
+    for run in wandb.Api().runs(project, filters={"group": group}):
+        config = run.config
+        model = config["model"]
+        history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
+        params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
+        summary = {
+            "model": model["model"], "shortcut": model.get("shortcut"), "seed": config.get("seed_everything"),
+            "data": config["data"]["class_path"].rsplit(".", 1)[-1], "params": params,
+            "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
+            "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
+            "git_revision": None,
+        }
+        found.append((run.name, summary, tidy_metrics(history)))
+    if not found:
+        raise FileNotFoundError(f"no W&B runs in {project} with group {group}")
+    return tabulate_runs(found)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .collect import collect_runs
+from .collect import collect_runs, collect_wandb
 from .figures import training_curves
 from .tables import error_table, format_table
 
 
-def write_report(experiment_dir: Path, out: Path, command: str) -> str:
-    runs, curves = collect_runs(experiment_dir)
+def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: str | None = None) -> str:
+    runs, curves = collect_wandb(wandb_project, experiment_dir.name) if wandb_project else collect_runs(experiment_dir)
     table = error_table(runs)
     markdown = format_table(table)
     out = Path(out)
@@ -54,8 +54,11 @@ def report_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="resnet-repro report", description="tables and figures from run directories")
     parser.add_argument("experiment_dir", type=Path, help="runs/<experiment>")
     parser.add_argument("--out", type=Path, help="default: results/<experiment>")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT",
+                        help="read the experiment's runs (the W&B group named like its directory) from W&B instead")
     args = parser.parse_args(argv)
     out = args.out or Path("results") / args.experiment_dir.name
-    command = shlex.join(["resnet-repro", "report", str(args.experiment_dir), "--out", str(out)])
-    print(write_report(args.experiment_dir, out, command))
+    command = shlex.join(["resnet-repro", "report", str(args.experiment_dir), "--out", str(out),
+                          *(["--wandb", args.wandb] if args.wandb else [])])
+    print(write_report(args.experiment_dir, out, command, args.wandb))
     print(f"\nwritten to {out}/: table.md, table.csv, curves.png, README.md")
