@@ -14,13 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
 	touch $@
 
-# The embedded offline default: the model table, then ResNet-20 trained on scikit-learn's digits
-# (about 90 s on 2 CPU cores; a second `make demo` finds the run finished and only prints its summary).
+# The embedded offline default: plain-20, plain-56 and ResNet-56 trained on scikit-learn's digits, then the
+# report (table and degradation figure) in results/demo/. A second `make demo` skips the finished runs.
 demo: setup
-	$(BIN)/resnet-repro models
-	$(BIN)/resnet-repro fit --config experiments/digits/base.yaml --run_dir runs/digits/resnet20 \
-		--trainer.enable_progress_bar false
-	cat runs/digits/resnet20/summary.json
+	$(BIN)/resnet-repro run experiments/demo.yaml
+	$(BIN)/resnet-repro report runs/demo --out results/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@
     resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
 """
 
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +38,10 @@ class SaveFitConfig(SaveConfigCallback):
 
 
 class RunCLI(LightningCLI):
+    def __init__(self, *args, command: str = "", **kwargs):
+        self.command = command  # the command line, for the run's summary
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", default="runs/default/run",
                             help="runs/<experiment>/<run>: logs, checkpoints, summary; fit resumes a run found there")
@@ -57,7 +62,7 @@ class RunCLI(LightningCLI):
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
-            trainer.callbacks.append(RunSummary(run_dir))
+            trainer.callbacks.append(RunSummary(run_dir, self.command))
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -98,7 +103,8 @@ def check_config(args: list[str]) -> None:
 
 def build_cli(args: list[str] | None, run: bool = True, cli_class: type[RunCLI] = RunCLI) -> RunCLI:
     """The LightningCLI of this project; with run=False it only builds the model, data and trainer."""
-    return cli_class(ResNetClassifier, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
+    command = shlex.join(["resnet-repro", *(sys.argv[1:] if args is None else args)])
+    return cli_class(ResNetClassifier, command=command, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
                   trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,
                   save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
 

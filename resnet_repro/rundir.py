@@ -128,8 +128,8 @@ def has_wandb_key() -> bool:
 class RunSummary(L.Callback):
     """Keeps `summary.json` up to date: running at the start, finished or failed at the end."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: Path, command: str):
+        self.run_dir, self.command = Path(run_dir), command
         self.previous_wall_time = read_summary(self.run_dir).get("wall_time_s", 0.0)
         self.started = time.monotonic()
 
@@ -154,6 +154,7 @@ class RunSummary(L.Callback):
             "devices": trainer.world_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "git_revision": git_revision(),
+            "command": self.command,
             **extra,
         })
 

@@ -151,3 +151,14 @@ def test_the_same_table_from_wandb_runs(monkeypatch):
     row = error_table(runs).iloc[0]
     assert row["runs"] == "1/2 finished; s1 failed" and row["error mean"] == pytest.approx(9.0)
     assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == 8.75
+
+
+def test_findings_are_checked_on_the_training_error(experiment):
+    make_run(experiment, "plain56-s0", "plain56", 0, "finished", [0.4], train_error=0.45)
+    from resnet_repro.report.tables import findings
+
+    lines = findings(error_table(collect_runs(experiment)[0]))
+    assert lines == [
+        "Degradation: plain56 trains worse than plain20: 45.00% vs 7.00% training error: holds.",
+        "Residual learning: resnet20 trains better than plain20: 5.00% vs 7.00% training error: holds.",
+    ]  # resnet56 is unfinished: not compared

@@ -44,6 +44,8 @@ def test_fit_end_to_end_on_data_in_the_cifar10_format(tmp_path, cifar_dir):
     fit(*tiny_cifar(cifar_dir, run))
     result = summary(run)
     assert result["status"] == "finished" and result["steps"] == 4
+    assert result["command"].startswith("resnet-repro fit ") and f"--run_dir {run}" in result["command"]
+    assert result["data"] == "CIFAR10DataModule" and result["seed"] == 0
     assert result["val/images"] == 21 and result["test/images"] == 31
     assert 0 <= result["test/error"] <= 1
     assert train_rows(run).index.tolist() == [1, 2, 3, 4]

@@ -7,7 +7,7 @@ import pandas as pd
 from ..rundir import read_summary
 
 RUN_COLUMNS = ["run", "model", "shortcut", "seed", "data", "status", "params", "steps", "max_steps",
-               "train_error", "error", "top5_error", "eval_metric", "git_revision"]
+               "train_error", "error", "top5_error", "eval_metric", "git_revision", "command"]
 
 
 def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +63,7 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
             "train_error": final_train_error(metrics), "error": last(metrics, f"{eval_metric}/error"),
             "top5_error": last(metrics, f"{eval_metric}/top5_error"), "eval_metric": eval_metric,
-            "git_revision": summary.get("git_revision"),
+            "git_revision": summary.get("git_revision"), "command": summary.get("command"),
         })
     curves = pd.concat([metrics.assign(run=name) for name, _, metrics in found], ignore_index=True)
     return pd.DataFrame(runs, columns=RUN_COLUMNS), curves

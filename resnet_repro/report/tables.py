@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from ..models import get_spec
 from .paper import paper_error
 
 
@@ -52,3 +53,23 @@ def format_table(table: pd.DataFrame) -> str:
     for column in ("params", "iterations"):
         shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{int(x):,}")
     return shown.to_markdown(index=False, disable_numparse=True)  # keep "3.00" as written
+
+
+def findings(table: pd.DataFrame) -> list[str]:
+    """The paper's two findings, checked on the finished nets' final training error: a deeper plain net trains
+    worse than a shallower one (degradation), and a residual net trains better than its plain twin."""
+    done = table[table.seeds > 0].set_index("model")["train error"]
+    depth = {model: get_spec(model).depth for model in done.index}
+    plain = sorted((m for m in done.index if m.startswith("plain")), key=depth.get)
+    lines = []
+    for shallow, deep in zip(plain, plain[1:]):
+        holds = "holds" if done[deep] > done[shallow] else "does not hold"
+        lines.append(f"Degradation: {deep} trains worse than {shallow}: {done[deep]:.2f}% vs {done[shallow]:.2f}% "
+                     f"training error: {holds}.")
+    for model in done.index:
+        twin = model.replace("resnet", "plain")
+        if model.startswith("resnet") and twin in done.index:
+            holds = "holds" if done[model] < done[twin] else "does not hold"
+            lines.append(f"Residual learning: {model} trains better than {twin}: {done[model]:.2f}% vs "
+                         f"{done[twin]:.2f}% training error: {holds}.")
+    return lines

@@ -11,13 +11,13 @@ import matplotlib.pyplot as plt
 
 from .collect import collect_runs, collect_wandb
 from .figures import training_curves
-from .tables import error_table, format_table
+from .tables import error_table, findings, format_table
 
 
 def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: str | None = None) -> str:
     runs, curves = collect_wandb(wandb_project, experiment_dir.name) if wandb_project else collect_runs(experiment_dir)
     table = error_table(runs)
-    markdown = format_table(table)
+    markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(table))])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -43,11 +43,13 @@ def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: s
 
 
 def readme(experiment_dir: Path, runs, markdown: str, command: str) -> str:
-    listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}" for r in runs.itertuples())
+    listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}: `{r.command}`"
+                       for r in runs.itertuples())
     return (f"# Report of `{experiment_dir}`\n\nMade by `{command}` from these runs:\n\n{listed}\n\n"
             f"Errors are in percent: the last test error each run logged (validation error where it logged none), "
             f"mean, std (ddof=1) and best over the finished seeds; `train error` is the mean training error over "
-            f"the last 5% of iterations. `curves.png`: training error dashed, test error bold.\n\n{markdown}\n")
+            f"the last 5% of iterations, on which the paper's findings below are checked. `curves.png`: training "
+            f"error dashed, test error bold.\n\n{markdown}\n")
 
 
 def report_command(argv: list[str]) -> None:
