@@ -14,11 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
 	touch $@
 
-# The embedded offline default: plain-20, plain-56 and ResNet-56 trained on scikit-learn's digits, then the
-# report (table and degradation figure) in results/demo/. A second `make demo` skips the finished runs.
+# The embedded offline default: plain-20/56 and ResNet-20/56 trained on scikit-learn's digits, then the report
+# (table and degradation figure) in results/demo/ and the layer responses (Figure 7) in results/demo-responses/.
+# A second `make demo` skips the finished runs.
 demo: setup
 	$(BIN)/resnet-repro run experiments/demo.yaml
 	$(BIN)/resnet-repro report runs/demo --out results/demo
+	$(BIN)/resnet-repro responses runs/demo/*/checkpoints/last.ckpt --out results/demo-responses
 
 test: setup
 	$(BIN)/python -m pytest -q

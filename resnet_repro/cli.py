@@ -5,6 +5,7 @@
     resnet-repro validate|test --config RUN_DIR/config.yaml --ckpt_path RUN_DIR/checkpoints/last.ckpt
     resnet-repro run experiments/cifar10/table6.yaml [--dry-run] [--devices N] [--launcher local|torchrun|slurm]
     resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
+    resnet-repro responses runs/demo/*/checkpoints/last.ckpt [--out results/demo-responses]
 """
 
 import shlex
@@ -134,7 +135,13 @@ def report_command(argv: list[str]) -> None:
     write_report(argv)
 
 
-COMMANDS = {"models": models_command, "run": run_command, "report": report_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
+def responses_command(argv: list[str]) -> None:
+    from .analysis.responses import responses_command as write_responses
+
+    write_responses(argv)
+
+
+COMMANDS = {"models": models_command, "run": run_command, "report": report_command, "responses": responses_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:

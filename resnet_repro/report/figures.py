@@ -1,12 +1,8 @@
 """The paper's training-curve figures (Figure 4 for ImageNet, Figure 6 for CIFAR-10) from run logs."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def smoothed_train_error(curves: pd.DataFrame, points: int = 200) -> pd.Series:

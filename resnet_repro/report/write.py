@@ -2,6 +2,7 @@
 saying what made them, written all at once: a crash half-way leaves the previous report as it was."""
 
 import argparse
+import contextlib
 import shlex
 import shutil
 import tempfile
@@ -14,21 +15,16 @@ from .figures import training_curves
 from .tables import error_table, findings, format_table
 
 
-def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: str | None = None) -> str:
-    runs, curves = collect_wandb(wandb_project, experiment_dir.name) if wandb_project else collect_runs(experiment_dir)
-    table = error_table(runs)
-    markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(table))])
+@contextlib.contextmanager
+def staged(out: Path):
+    """Yields an empty folder to write into; on success it replaces `out` whole, on failure it is removed and
+    `out` stays as it was."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        table.to_csv(staging / "table.csv", index=False)
-        (staging / "table.md").write_text(markdown + "\n")
-        figure = training_curves(runs, curves)
-        figure.savefig(staging / "curves.png", dpi=120)
-        plt.close(figure)
-        (staging / "README.md").write_text(readme(experiment_dir, runs, markdown, command))
-        if out.exists():  # swap in the new report, then drop the old one
+        yield staging
+        if out.exists():  # swap in the new folder, then drop the old one
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
@@ -39,6 +35,19 @@ def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: str | None = None) -> str:
+    runs, curves = collect_wandb(wandb_project, experiment_dir.name) if wandb_project else collect_runs(experiment_dir)
+    table = error_table(runs)
+    markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(table))])
+    with staged(out) as folder:
+        table.to_csv(folder / "table.csv", index=False)
+        (folder / "table.md").write_text(markdown + "\n")
+        figure = training_curves(runs, curves)
+        figure.savefig(folder / "curves.png", dpi=120)
+        plt.close(figure)
+        (folder / "README.md").write_text(readme(experiment_dir, runs, markdown, command))
     return markdown
 
 
