@@ -6,8 +6,10 @@
     resnet-repro run experiments/cifar10/table6.yaml [--dry-run] [--devices N] [--launcher local|torchrun|slurm]
     resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
     resnet-repro responses runs/demo/*/checkpoints/last.ckpt [--out results/demo-responses]
+    resnet-repro bench resnet20 [--device cpu|cuda] [--steps N]
 """
 
+import importlib
 import shlex
 import sys
 import warnings
@@ -123,25 +125,16 @@ def models_command(argv: list[str]) -> None:
     print(format_complexity_table(complexity_table()))
 
 
-def run_command(argv: list[str]) -> None:
-    from .experiments import run_command as run_experiment
-
-    run_experiment(argv)
-
-
-def report_command(argv: list[str]) -> None:
-    from .report.write import report_command as write_report
-
-    write_report(argv)
-
-
-def responses_command(argv: list[str]) -> None:
-    from .analysis.responses import responses_command as write_responses
-
-    write_responses(argv)
-
-
-COMMANDS = {"models": models_command, "run": run_command, "report": report_command, "responses": responses_command, **{name: lightning_command for name in LIGHTNING_COMMANDS}}
+# command -> where its function lives, imported only when that command runs: no command pays for
+# the imports of another
+COMMANDS = {
+    **{name: "resnet_repro.cli:lightning_command" for name in LIGHTNING_COMMANDS},
+    "models": "resnet_repro.cli:models_command",
+    "run": "resnet_repro.experiments:run_command",
+    "report": "resnet_repro.report.write:report_command",
+    "responses": "resnet_repro.analysis.responses:responses_command",
+    "bench": "resnet_repro.bench:bench_command",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         sys.exit(f"resnet-repro: unknown command {command!r}: valid commands are {', '.join(COMMANDS)}")
     try:
-        COMMANDS[command]([command, *rest] if command in LIGHTNING_COMMANDS else rest)
+        module, function = COMMANDS[command].split(":")
+        getattr(importlib.import_module(module), function)([command, *rest] if command in LIGHTNING_COMMANDS else rest)
     except (ValueError, FileNotFoundError, FloatingPointError, ArgumentError) as error:
         message = " ".join(str(error).split())  # one line, whatever the source of the message
         if isinstance(error, ArgumentError):

@@ -54,3 +54,16 @@ def test_channels_last_changes_no_result():
             losses[channels_last].append(loss.item())
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[True][-1] < losses[True][0]
+
+
+def test_bench_prints_the_three_figures_and_their_ratios(capsys):
+    from resnet_repro.cli import main
+
+    main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "32",
+          "--workers", "0"])
+    out = capsys.readouterr().out
+    import re
+
+    rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
+    assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
+    assert re.search(r"fit / dataloader = [\d.]+x   fit / compute = [\d.]+x", out)
