@@ -7,16 +7,22 @@ test set (the first `num_images`), with the network in eval mode (BN uses its ru
 channels (the typical response of one filter); `pool="all"` takes one std over every value of the layer.
 """
 
+import argparse
+import importlib
+import shlex
 from pathlib import Path
 from typing import Iterable, Literal
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+import yaml
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..models import BasicBlock, Bottleneck
+from ..report.write import staged
+from ..rundir import check_checkpoint
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -106,12 +112,7 @@ def response_findings(responses: pd.DataFrame) -> list[str]:
 def load_run(checkpoint: Path, data_config: Path | None = None):
     """(label, the trained LightningModule, its test images) of a checkpoint in a run directory; the images
     come from the run's own config.yaml, or from the data section of `data_config`."""
-    import importlib
-
-    import yaml
-
-    from ..module import ResNetClassifier
-    from ..rundir import check_checkpoint
+    from ..module import ResNetClassifier  # Lightning: imported only where a checkpoint is loaded
 
     checkpoint = Path(checkpoint)
     check_checkpoint(checkpoint)
@@ -128,11 +129,6 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
 
 
 def responses_command(argv: list[str]) -> None:
-    import argparse
-    import shlex
-
-    from ..report.write import staged
-
     parser = argparse.ArgumentParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="runs/<experiment>/<run>/checkpoints/last.ckpt ...")
     parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images (default: each run's)")
