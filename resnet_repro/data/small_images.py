@@ -21,13 +21,22 @@ def generator_for(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor copied to `device` without a host sync: a blocking copy to a GPU waits for all the work
+    queued on it (once per step, that stalls training); an asynchronous copy from pinned memory does not."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def pad_crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Pad by `pad` zeros on each side, crop back to the original size at a random offset, flip half of
-    the images horizontally: one gather for the whole batch."""
+    the images horizontally: one gather for the whole batch. The random draws come from a CPU generator, so
+    a batch is the same on every kind of device."""
     n, c, h, w = images.shape
     device = images.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), device)
+    flips = to_device(torch.rand(n, generator=generator) < 0.5, device)
     rows = offsets[0, :, None] + torch.arange(h, device=device)
     cols = offsets[1, :, None] + torch.arange(w, device=device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)  # reading the columns backwards flips the image
@@ -59,7 +68,7 @@ class TrainBatches:
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
             order = torch.randperm(len(self.images), generator=generator_for(self.seed, 0, epoch))
-            self._epoch, self._order = epoch, order.to(self.images.device)
+            self._epoch, self._order = epoch, to_device(order, self.images.device)
         per_rank = self.batch_size // self.world_size
         start = i * self.batch_size + self.rank * per_rank
         index = self._order[start:start + per_rank]
