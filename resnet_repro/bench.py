@@ -7,8 +7,11 @@ after another, on the embedded digits data (32x32x3, like CIFAR-10):
 3. dataloader: the usual CIFAR loop: a torchvision DataLoader with PIL images and per-image transforms
    (pad-crop, flip, to tensor, normalise), a plain contiguous fp32 net, a hand-written step.
 
-Each is timed over `--steps` steps after `--warmup` steps. Prints images/s, the ratios against 2 and 3, and
-peak memory (CUDA: allocated per phase; CPU: the process's peak resident set so far, which only grows).
+Each is timed over `--steps` steps after `--warmup` steps (compilation, cuDNN tuning and CUDA graph capture
+happen in the warm-up). Prints images/s, the ratios against 2 and 3, peak memory (CUDA: allocated per phase;
+CPU: the process's peak resident set so far, which only grows), the bytes autograd keeps for one step's
+backward pass (the activations: the same count on any device), and the wall time of a 64k-iteration run (the
+CIFAR-10 recipe) at the fit rate.
 """
 
 import argparse
@@ -58,21 +61,45 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB peak RSS so far"
 
 
-def fit_path(model: str, device: str, batch_size: int, warmup: int, steps: int, precision: str) -> float:
+def fit_path(model: str, device: str, batch_size: int, warmup: int, steps: int, precision: str,
+             compile_mode: str | None) -> float:
     timer = Timer(warmup)
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
-    trainer.fit(ResNetClassifier(model), DigitsDataModule(batch_size=batch_size))
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision,
+                        benchmark=True)
+    trainer.fit(ResNetClassifier(model, compile_mode=compile_mode), DigitsDataModule(batch_size=batch_size))
     return steps * batch_size / timer.seconds
 
 
-def compute_only(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, precision: str) -> float:
+def saved_for_backward(forward) -> tuple[torch.Tensor, int]:
+    """The output of `forward()` and the bytes of the tensors autograd keeps for its backward pass (each
+    storage counted once: a ReLU's output that the next conv also keeps is one tensor)."""
+    storages = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()
+    return output, sum(storages.values())
+
+
+def compute_only(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, precision: str,
+                 compile_mode: str | None) -> tuple[float, int]:
+    """(images/s, bytes kept for backward). The bytes are counted on an eager forward before the timed loop:
+    compiled code does not show its saved tensors to the hooks."""
     module = ResNetClassifier(model).to(device)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch_size,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    with autocast:
+        _, saved = saved_for_backward(lambda: F.cross_entropy(module(images), labels))
+    if compile_mode is not None:
+        module.net.compile(mode=compile_mode)
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(device)
@@ -83,7 +110,7 @@ def compute_only(model: str, device: torch.device, batch_size: int, warmup: int,
         loss.backward()
         optimizer.step()
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), saved
 
 
 class PILDigits(Dataset):
@@ -136,20 +163,26 @@ def bench_command(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline loop")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
+    parser.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode of the fit path and the compute-only step (default: eager)")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # as in the recipes, for all three loops alike
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
-          f"{name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}, lightning {L.__version__}")
-    figures = {}
-    for label, run in [
-        ("fit", lambda: fit_path(args.model, args.device, args.batch_size, args.warmup, args.steps, args.precision)),
-        ("compute", lambda: compute_only(args.model, device, args.batch_size, args.warmup, args.steps, args.precision)),
-        ("dataloader", lambda: dataloader_loop(args.model, device, args.batch_size, args.warmup, args.steps,
-                                               args.workers)),
-    ]:
-        figures[label] = run()
-        print(f"{label:>10}: {figures[label]:8,.0f} images/s   {peak_memory(device)}")
+          f"compile {args.compile_mode or 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}, lightning {L.__version__}")
+    common = (args.batch_size, args.warmup, args.steps)
+    figures = {"fit": fit_path(args.model, args.device, *common, args.precision, args.compile_mode)}
+    print(f"{'fit':>10}: {figures['fit']:8,.0f} images/s   {peak_memory(device)}")
+    figures["compute"], saved = compute_only(args.model, device, *common, args.precision, args.compile_mode)
+    print(f"{'compute':>10}: {figures['compute']:8,.0f} images/s   {peak_memory(device)}   "
+          f"autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
+    figures["dataloader"] = dataloader_loop(args.model, device, *common, args.workers)
+    print(f"{'dataloader':>10}: {figures['dataloader']:8,.0f} images/s   {peak_memory(device)}")
     print(f"fit / dataloader = {figures['fit'] / figures['dataloader']:.2f}x   "
           f"fit / compute = {figures['fit'] / figures['compute']:.2f}x")
+    minutes = 64_000 * args.batch_size / figures["fit"] / 60
+    print(f"64k iterations of {args.batch_size} at the fit rate: {minutes:,.1f} min")

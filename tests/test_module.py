@@ -34,36 +34,3 @@ def test_lr_multiplier_follows_milestones_and_warmup():
     module.warmup_ended_at = 400
     factors = [module.lr_multiplier(step) for step in (400, 31_999, 32_000, 47_999, 48_000, 63_999)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-
-
-def test_channels_last_changes_no_result():
-    # the fast memory layout against the plain one: the same loss curve over a few SGD steps
-    torch.manual_seed(0)
-    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    losses = {}
-    for channels_last in (False, True):
-        torch.manual_seed(1)
-        module = ResNetClassifier("resnet20", channels_last=channels_last)
-        optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
-        losses[channels_last] = []
-        for _ in range(4):
-            loss = torch.nn.functional.cross_entropy(module(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[channels_last].append(loss.item())
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
-    assert losses[True][-1] < losses[True][0]
-
-
-def test_bench_prints_the_three_figures_and_their_ratios(capsys):
-    from resnet_repro.cli import main
-
-    main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "32",
-          "--workers", "0"])
-    out = capsys.readouterr().out
-    import re
-
-    rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
-    assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
-    assert re.search(r"fit / dataloader = [\d.]+x   fit / compute = [\d.]+x", out)

@@ -1,0 +1,113 @@
+"""The fast path: it changes no result, keeps the host out of the training steps, and the bench measures it."""
+
+import re
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.overrides import TorchFunctionMode
+
+from conftest import REPO, cli_error, fit, train_rows
+from resnet_repro.bench import saved_for_backward
+from resnet_repro.cli import main
+from resnet_repro.data import DigitsDataModule
+from resnet_repro.module import ResNetClassifier
+
+DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml"), "--trainer.limit_val_batches", "0"]
+
+
+def test_the_fast_path_gives_the_plain_paths_loss_curve_and_weights(tmp_path):
+    # channels_last and torch.compile against contiguous eager, through the real fit path. At the warm-up lr
+    # 0.01: at 0.1 the first steps on the digits amplify rounding differences ~10x per step (a relative 4e-4
+    # by step 3 from channels_last alone), which would hide nothing but also prove nothing.
+    runs = {"plain": ["--model.channels_last", "false"],
+            "fast": ["--model.channels_last", "true", "--model.compile_mode", "default"]}
+    counters.clear()
+    for name, switches in runs.items():
+        fit(*DIGITS, "--run_dir", str(tmp_path / name), "--trainer.max_steps", "4", "--model.lr", "0.01", *switches)
+    assert counters["stats"]["unique_graphs"] >= 1  # the fast run did run compiled
+    plain, fast = train_rows(tmp_path / "plain"), train_rows(tmp_path / "fast")
+    assert list(fast.index) == list(plain.index) == [1, 2, 3, 4]
+    assert fast["train/loss"].tolist() == pytest.approx(plain["train/loss"].tolist(), rel=1e-4)
+    assert fast["train/loss"].iloc[-1] < fast["train/loss"].iloc[0]  # and it learns
+    # the same weights and BN statistics after the 4 steps (a BN update done twice would be off by ~60%)
+    states = {name: torch.load(tmp_path / name / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+              for name in runs}
+    assert states["fast"].keys() == states["plain"].keys()
+    for key, value in states["plain"].items():
+        torch.testing.assert_close(states["fast"][key], value, rtol=1e-2, atol=1e-4, msg=key)
+
+
+def test_an_unknown_compile_mode_is_one_line(tmp_path):
+    message = cli_error("fit", *DIGITS, "--run_dir", str(tmp_path / "run"), "--model.compile_mode", "fastest")
+    assert "compile_mode" in message and "reduce-overhead" in message
+    assert not (tmp_path / "run").exists()
+
+
+class HostReads(TorchFunctionMode):
+    """Records each read of a tensor's value by the host (the calls that wait for a GPU to finish its queued
+    work), with the iteration it happens in."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__, torch.is_nonzero, torch.equal}
+
+    def __init__(self, trainer: L.Trainer):
+        super().__init__()
+        self.trainer, self.iterations = trainer, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.iterations.append(self.trainer.global_step + 1)
+        return func(*args, **(kwargs or {}))
+
+
+class RecordHostReads(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.reads = HostReads(trainer).__enter__()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.reads.__exit__(None, None, None)
+
+
+def test_training_steps_read_nothing_back_but_at_the_log_flushes():
+    recorder = RecordHostReads()
+    trainer = L.Trainer(accelerator="cpu", max_steps=12, log_every_n_steps=5, logger=False, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[recorder])
+    trainer.fit(ResNetClassifier("resnet20"), DigitsDataModule(batch_size=32))
+    assert trainer.global_step == 12
+    assert sorted(set(recorder.reads.iterations)) == [5, 10]  # one batched read of the buffered metrics each
+
+
+def test_saved_for_backward_counts_each_kept_tensor_once():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU())
+    images = torch.randn(2, 3, 8, 8)
+    output, saved = saved_for_backward(lambda: net(images))
+    # the conv keeps its input and weight, the ReLU its output (fp32: 4 bytes each)
+    assert saved == 4 * (images.numel() + net[0].weight.numel() + output.numel())
+    # twice: the same input and weight are kept once, each ReLU output once (the addition keeps nothing)
+    output, saved = saved_for_backward(lambda: net(images) + net(images))
+    assert saved == 4 * (images.numel() + net[0].weight.numel() + 2 * output.numel())
+
+
+def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
+    main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "32",
+          "--workers", "0"])
+    out = capsys.readouterr().out
+    rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
+    assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
+    ratios = re.search(r"fit / dataloader = ([\d.]+)x   fit / compute = ([\d.]+)x", out)
+    assert float(ratios[1]) == pytest.approx(rates["fit"] / rates["dataloader"], rel=0.01)
+    assert float(ratios[2]) == pytest.approx(rates["fit"] / rates["compute"], rel=0.01)
+    kept = float(re.search(r"autograd keeps ([\d,]+) MiB", out)[1].replace(",", ""))
+    assert kept > 0
+    minutes = float(re.search(r"64k iterations of 32 at the fit rate: ([\d,.]+) min", out)[1].replace(",", ""))
+    assert minutes == pytest.approx(64_000 * 32 / rates["fit"] / 60, rel=0.01)
+
+
+def test_bench_refuses_zero_steps():
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "resnet20", "--device", "cpu", "--steps", "0"])
+    assert "--steps must be at least 1" in str(exit_.value.code)
