@@ -18,6 +18,7 @@ import argparse
 import platform
 import resource
 import time
+from typing import get_args
 
 import lightning as L
 import torch
@@ -29,7 +30,7 @@ from torchvision.transforms import v2
 
 from .data import DigitsDataModule
 from .models import build_model
-from .module import ResNetClassifier
+from .module import CompileMode, ResNetClassifier
 
 
 class Timer(L.Callback):
@@ -163,7 +164,7 @@ def bench_command(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline loop")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
-    parser.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+    parser.add_argument("--compile", dest="compile_mode", choices=get_args(CompileMode),
                         help="torch.compile mode of the fit path and the compute-only step (default: eager)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:

@@ -20,6 +20,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .models import build_model, get_spec
 
+# torch.compile's modes. reduce-overhead adds CUDA graphs, which pay off for thin deep nets whose small kernels
+# leave the GPU waiting for launches; on a CPU it is the same as default.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+
 
 class ResNetClassifier(L.LightningModule):
     def __init__(
@@ -38,9 +42,7 @@ class ResNetClassifier(L.LightningModule):
         warmup_max_steps: int = 2_000,  # the warm-up ends here at the latest (the paper saw ~400)
         top5: bool = False,
         channels_last: bool = True,  # NHWC activations: faster convolutions on CPUs (oneDNN) and tensor cores
-        # torch.compile the net (None: eager). reduce-overhead adds CUDA graphs, which pay off for thin deep nets
-        # whose small kernels leave the GPU waiting for launches; on a CPU it is the same as default.
-        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
+        compile_mode: CompileMode | None = None,  # torch.compile the net in this mode; None: eager
     ):
         super().__init__()
         self.save_hyperparameters()
