@@ -63,12 +63,11 @@ def peak_memory(device: torch.device) -> str:
 
 
 def fit_path(model: str, device: str, batch_size: int, warmup: int, steps: int, precision: str,
-             compile_mode: str | None) -> float:
+             compile_mode: CompileMode | None) -> float:
     timer = Timer(warmup)
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision,
-                        benchmark=True)
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
     trainer.fit(ResNetClassifier(model, compile_mode=compile_mode), DigitsDataModule(batch_size=batch_size))
     return steps * batch_size / timer.seconds
 
@@ -89,7 +88,7 @@ def saved_for_backward(forward) -> tuple[torch.Tensor, int]:
 
 
 def compute_only(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, precision: str,
-                 compile_mode: str | None) -> tuple[float, int]:
+                 compile_mode: CompileMode | None) -> tuple[float, int]:
     """(images/s, bytes kept for backward). The bytes are counted on an eager forward before the timed loop:
     compiled code does not show its saved tensors to the hooks."""
     module = ResNetClassifier(model).to(device)
@@ -170,19 +169,22 @@ def bench_command(argv: list[str]) -> None:
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True  # as in the recipes, for all three loops alike
+    torch.backends.cudnn.benchmark = True  # as in the recipes, for all three loops alike (the Trainer keeps it)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
           f"compile {args.compile_mode or 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, lightning {L.__version__}")
+    figures = {}
+
+    def show(label: str, rate: float, note: str = "") -> None:
+        figures[label] = rate
+        print(f"{label:>10}: {rate:8,.0f} images/s   {peak_memory(device)}{note}")
+
     common = (args.batch_size, args.warmup, args.steps)
-    figures = {"fit": fit_path(args.model, args.device, *common, args.precision, args.compile_mode)}
-    print(f"{'fit':>10}: {figures['fit']:8,.0f} images/s   {peak_memory(device)}")
-    figures["compute"], saved = compute_only(args.model, device, *common, args.precision, args.compile_mode)
-    print(f"{'compute':>10}: {figures['compute']:8,.0f} images/s   {peak_memory(device)}   "
-          f"autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
-    figures["dataloader"] = dataloader_loop(args.model, device, *common, args.workers)
-    print(f"{'dataloader':>10}: {figures['dataloader']:8,.0f} images/s   {peak_memory(device)}")
+    show("fit", fit_path(args.model, args.device, *common, args.precision, args.compile_mode))
+    rate, saved = compute_only(args.model, device, *common, args.precision, args.compile_mode)
+    show("compute", rate, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
+    show("dataloader", dataloader_loop(args.model, device, *common, args.workers))
     print(f"fit / dataloader = {figures['fit'] / figures['dataloader']:.2f}x   "
           f"fit / compute = {figures['fit'] / figures['compute']:.2f}x")
     minutes = 64_000 * args.batch_size / figures["fit"] / 60
