@@ -81,7 +81,12 @@ class RunCLI(LightningCLI):
     def after_fit(self) -> None:
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.finish()  # writes the offline run out completely, ready for `wandb sync`
+                import wandb
+
+                logger.experiment.finish()
+                # finish() returns once W&B's service has the run, not once it has closed the .wandb file;
+                # teardown waits for the service to stop, so the offline run is complete on disk, ready for `wandb sync`
+                wandb.teardown()
 
 
 class ConfigCheck(RunCLI):
