@@ -10,18 +10,22 @@
 """
 
 import importlib
+import json
+import re
 import shlex
 import sys
 import warnings
 from pathlib import Path
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .module import ResNetClassifier
-from .rundir import RunSummary, check_checkpoint, last_checkpoint, make_loggers
+from .rundir import RunLock, RunSummary, last_checkpoint, make_loggers, read_checkpoint, read_summary
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 TRAINER_DEFAULTS = {
@@ -30,6 +34,51 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,  # our data modules shard themselves, without repeating eval images
     "num_sanity_val_steps": 0,
 }
+
+
+# Settings that say where and how a run is executed, logged and checkpointed, not what it computes: a resumed run
+# may change these. Any other change (model, data, recipe values, seed, iterations, devices, precision) would
+# make the resumed run a different run, and is refused unless accepted with --accept_config_change.
+HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "accept_config_change", "checkpoint.",
+                "trainer.accelerator", "trainer.strategy", "trainer.callbacks", "trainer.logger",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
+                "trainer.default_root_dir", "trainer.benchmark", "trainer.log_every_n_steps",
+                "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.limit_test_batches",
+                "trainer.num_sanity_val_steps", "trainer.profiler", "model.channels_last", "model.compile_mode",
+                "data.init_args.data_dir", "data.init_args.download", "data.init_args.num_workers",
+                "data.init_args.eval_batch_size", "data.init_args.eval_mode", "data.init_args.scales")
+
+
+class AlreadyFinished(Exception):
+    """`fit` on a run that has nothing left to train: said in one line, exit 0, nothing touched."""
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, new: dict) -> dict[str, list]:
+    """{dotted key: [saved value, new value]} for the settings that define a run and differ (missing = None)."""
+    saved, new = flatten(saved), flatten(new)
+    return {key: [saved.get(key), new.get(key)] for key in sorted(saved.keys() | new.keys())
+            if not key.startswith(HOW_NOT_WHAT) and saved.get(key) != new.get(key)}
+
+
+def check_values(config, subcommand: str | None) -> None:
+    """Values the parser's types cannot rule out, refused in one line that names the key."""
+    max_steps = config.trainer.max_steps
+    if subcommand in ("fit", None) and not (isinstance(max_steps, int) and max_steps > 0):
+        raise ValueError(f"trainer.max_steps must be a positive number of iterations, not {max_steps} (the "
+                         f"recipes stop at max_steps: their schedules are in iterations)")
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -43,12 +92,24 @@ class SaveFitConfig(SaveConfigCallback):
 class RunCLI(LightningCLI):
     def __init__(self, *args, command: str = "", **kwargs):
         self.command = command  # the command line, for the run's summary
-        super().__init__(*args, **kwargs)
+        self.lock: RunLock | None = None  # held from the checks before anything is written to the end
+        self.config_change: dict | None = None  # an accepted change of a resumed run's settings
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            finish_wandb(exit_code=1)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", default="runs/default/run",
                             help="runs/<experiment>/<run>: logs, checkpoints, summary; fit resumes a run found there")
         parser.add_argument("--wandb", type=bool, default=True, help="also log to Weights & Biases (never required)")
+        parser.add_argument("--accept_config_change", type=bool, default=False,
+                            help="resume a run with settings that differ from its config.yaml (the change is "
+                                 "recorded in summary.json); without it such a resume is refused")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                              "checkpoint.every_n_train_steps": 1000, "checkpoint.enable_version_counter": False})
@@ -64,29 +125,70 @@ class RunCLI(LightningCLI):
         kwargs["default_root_dir"] = str(run_dir)
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit":
-            trainer.callbacks.append(RunSummary(run_dir, self.command))
+        trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change))
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the model's settings from a given checkpoint here, first of all: check it first
+        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        if ckpt_path is not None:
+            read_checkpoint(Path(ckpt_path))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        """`fit` on a run directory with a checkpoint resumes it; a checkpoint that cannot be read stops the
-        command here, before anything (loggers, W&B) has touched the run directory."""
+        """Every check that can refuse the command runs here, before anything (loggers, W&B, config.yaml,
+        summary.json) has touched the run directory: values, the run directory's lock, a resume's checkpoint
+        and settings. `fit` on a run directory with a checkpoint resumes it."""
         config = self.command_config
-        checkpoint = last_checkpoint(Path(config.run_dir))
-        if self.subcommand == "fit" and config.ckpt_path is None and checkpoint.is_file():
+        check_values(config, self.subcommand)
+        if self.subcommand is not None:  # checkpoints are loaded as data (tensors, plain containers), never as code
+            config.weights_only = True
+        if rank_zero_only.rank == 0:  # the other ranks of a DDP run are started by, or alongside, rank 0
+            self.check_run_dir(config)
+
+    def check_run_dir(self, config) -> None:
+        run_dir = Path(config.run_dir)
+        self.lock = RunLock(run_dir)
+        if self.subcommand != "fit":
+            return
+        checkpoint = last_checkpoint(run_dir)
+        if config.ckpt_path is None and checkpoint.is_file():
             config.ckpt_path = str(checkpoint)
-        if config.get("ckpt_path") is not None:
-            check_checkpoint(Path(config.ckpt_path))
+        resumed_at = read_checkpoint(Path(config.ckpt_path))["global_step"] if config.ckpt_path else 0
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        try:
+            saved_config = yaml.safe_load(saved.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{saved} is not valid YAML ({error}); restore it or start the run in a new --run_dir")
+        changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
+        if changed and not config.accept_config_change:
+            shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(f"{run_dir} holds a run with other settings ({shown}): a resumed run keeps what defines "
+                             f"it. Use a new --run_dir, or pass --accept_config_change true to go on with the new "
+                             f"values from iteration {resumed_at} (recorded in summary.json)")
+        if changed:
+            self.config_change = {"step": resumed_at, "changed": changed}
+            print(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
+                  f"{json.dumps(changed)}", file=sys.stderr)
+        elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
+            raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
+                                  f"test --config {saved} --ckpt_path {checkpoint} evaluates it again)")
 
     def after_fit(self) -> None:
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
+        finish_wandb(exit_code=0)
 
-                logger.experiment.finish()
-                # finish() returns once W&B's service has the run, not once it has closed the .wandb file;
-                # teardown waits for the service to stop, so the offline run is complete on disk, ready for `wandb sync`
-                wandb.teardown()
+
+def finish_wandb(exit_code: int) -> None:
+    """Ends this process's W&B run, if any, whether the command succeeded or failed (a run left open would be
+    taken up by the next one in the same process). finish() returns once W&B's service has the run, not once
+    it has closed the .wandb file; teardown waits for the service to stop, so an offline run is complete on
+    disk, ready for `wandb sync`, when the command returns."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)
+        wandb.teardown()
 
 
 class ConfigCheck(RunCLI):
@@ -95,8 +197,8 @@ class ConfigCheck(RunCLI):
     def _set_seed(self) -> None:
         pass  # parsing must not reseed the caller's random generators
 
-    def before_instantiate_classes(self) -> None:
-        pass
+    def check_run_dir(self, config) -> None:
+        pass  # a check of the settings alone: no run directory is touched or read
 
     def instantiate_classes(self) -> None:
         pass
@@ -142,6 +244,16 @@ COMMANDS = {
 }
 
 
+def innermost(message: str) -> str:
+    """jsonargparse nests the error of a data module's argument in the Union of data modules; say only the key
+    and the reason: `data.init_args.batch_size: Not of type PositiveInt: ...`."""
+    nested = re.search(r'Parser key "(\w+)": Does not validate against any of the Union subtypes .*? class_path '
+                       r"'[\w.]+': (?:Parser key \"(\w+)\": )?(.*?) - Expected", message)
+    if not nested:
+        return message
+    return f"{nested[1]}.init_args.{nested[2]}: {nested[3]}" if nested[2] else f"{nested[1]}: {nested[3]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -153,11 +265,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         module, function = COMMANDS[command].split(":")
         getattr(importlib.import_module(module), function)([command, *rest] if command in LIGHTNING_COMMANDS else rest)
-    except (ValueError, FileNotFoundError, FloatingPointError, ArgumentError) as error:
+    except AlreadyFinished as done:
+        print(f"resnet-repro {command}: {done}")
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, ArgumentError) as error:
         message = " ".join(str(error).split())  # one line, whatever the source of the message
         if isinstance(error, ArgumentError):
-            message += f" (resnet-repro {command} --help lists the valid keys)"
+            message = f"{innermost(message)} (resnet-repro {command} --help lists the valid keys)"
         sys.exit(f"resnet-repro {command}: {message}")
+    except (KeyboardInterrupt, SIGTERMException) as stop:
+        sys.exit(f"resnet-repro {command}: stopped by {'Ctrl-C' if isinstance(stop, KeyboardInterrupt) else 'SIGTERM'}; "
+                 f"a run keeps its last checkpoint, and the same command resumes it")
 
 
 if __name__ == "__main__":  # `python -m resnet_repro.cli`: how torchrun and the local launcher start a run

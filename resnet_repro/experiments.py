@@ -15,10 +15,12 @@ interrupted ones resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
+import ctypes
 import itertools
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .analysis.complexity import count_macs, count_params, meta_model
 from .cli import check_config
@@ -98,6 +101,30 @@ def run_name(settings: dict, distinguishing: list[str], seed: int, model: str) -
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a directory name
 
 
+def check_shapes(path: Path, spec: dict) -> None:
+    """Each top-level key holds the kind of value it must (a value of the wrong kind would otherwise be read in
+    some other way: a bare string as a grid's list of characters)."""
+    def refuse(key: str, value, expected: str) -> None:
+        raise ValueError(f"{path}: {key} must be {expected}, not {type(value).__name__} {value!r}")
+
+    if not isinstance(spec["recipe"], str):
+        refuse("recipe", spec["recipe"], "one path, e.g. experiments/cifar10/base.yaml")
+    for key in ("overrides", "grid"):
+        if not isinstance(spec.get(key) or {}, dict):
+            refuse(key, spec[key], "a mapping of dotted config keys, e.g. {model.model: ...}")
+    for key, values in (spec.get("grid") or {}).items():
+        if not isinstance(values, list) or not values:
+            refuse(f"grid key {key}", values, f"a non-empty list of values, e.g. {key}: [{values}]")
+    if not isinstance(spec.get("runs") or [], list):
+        refuse("runs", spec["runs"], "a list of mappings of settings")
+    for entry in spec.get("runs") or []:
+        if not isinstance(entry, dict):
+            refuse("each entry of runs", entry, "a mapping of settings, e.g. {model.model: resnet20}")
+    for patch in spec.get("patches") or []:
+        if not isinstance(patch, dict) or set(patch) != {"when", "set"} or not all(isinstance(v, dict) for v in patch.values()):
+            refuse("each patch", patch, "{when: {key: value}, set: {key: value}}")
+
+
 def load_experiment(path: Path) -> Experiment:
     """Read and expand an experiment file; anything malformed raises ValueError naming the file and run."""
     path = Path(path)
@@ -107,13 +134,11 @@ def load_experiment(path: Path) -> Experiment:
         raise ValueError(f"{path}: unknown key {', '.join(unknown)}: valid keys are {', '.join(sorted(TOP_LEVEL_KEYS))}")
     if "recipe" not in spec:
         raise ValueError(f"{path}: no recipe: name the base config, e.g. recipe: experiments/cifar10/base.yaml")
+    check_shapes(path, spec)
     recipe = REPO / spec["recipe"]
     if not recipe.is_file():
         raise ValueError(f"{path}: recipe {spec['recipe']} does not exist (paths are relative to {REPO})")
     patches = spec.get("patches") or []
-    for patch in patches:
-        if not isinstance(patch, dict) or set(patch) != {"when", "set"}:
-            raise ValueError(f"{path}: a patch is {{when: {{key: value}}, set: {{key: value}}}}, not {patch}")
 
     grid = spec.get("grid") or {}
     entries = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
@@ -183,7 +208,7 @@ def launch_command(launcher: str, fit_args: list[str], nodes: int, devices: int)
         return (f"torchrun --nnodes {nodes} --nproc_per_node {devices} --node_rank ${{NODE_RANK:-0}} "
                 f"--master_addr ${{MASTER_ADDR:-127.0.0.1}} --master_port ${{MASTER_PORT:-29500}} "
                 f"-m resnet_repro.cli fit {fit}")
-    return f"srun resnet-repro fit {fit}" if launcher == "slurm" else f"resnet-repro fit {fit}"
+    return f"srun --kill-on-bad-exit=1 resnet-repro fit {fit}" if launcher == "slurm" else f"resnet-repro fit {fit}"
 
 
 def slurm_script(experiment: Experiment, run: Run, run_dir: Path, command: str, nodes: int, devices: int) -> str:
@@ -214,6 +239,29 @@ def torchrun_script(run: Run, command: str, nodes: int) -> str:
     ])
 
 
+def end_with_parent() -> None:
+    """In a child, before it starts: have the kernel send it SIGTERM when its parent dies, even by kill -9, so
+    that no `fit` outlives the `run` that started it and races a rerun (Linux; elsewhere a no-op)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def raise_sigterm(signum, frame) -> None:
+    raise SIGTERMException()
+
+
+def train_here(fit_args: list[str]) -> int:
+    """`resnet-repro fit` in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
+    is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
+    child = subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", "fit", *fit_args], preexec_fn=end_with_parent)
+    try:
+        return child.wait()
+    except BaseException:
+        child.send_signal(signal.SIGTERM)
+        child.wait()
+        raise
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="resnet-repro run", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", type=Path, help="an experiment file, e.g. experiments/cifar10/table6.yaml")
@@ -241,6 +289,7 @@ def run_command(argv: list[str]) -> None:
     if args.nodes > 1 and args.launcher == "local":
         raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")
 
+    signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the child is stopped first
     if args.dry_run:
         print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
               f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
@@ -260,7 +309,7 @@ def run_command(argv: list[str]) -> None:
         if args.launcher == "local":
             print(f"{run.name}: {command}", flush=True)
             # a run directory with a checkpoint resumes: fit does that itself
-            if subprocess.run([sys.executable, "-m", "resnet_repro.cli", "fit", *fit_args]).returncode != 0:
+            if train_here(fit_args) != 0:
                 failed.append(run.name)
             continue
         run_dir.mkdir(parents=True, exist_ok=True)

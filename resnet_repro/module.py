@@ -55,6 +55,8 @@ class ResNetClassifier(L.LightningModule):
         spec = get_spec(model)
         self.warmup = warmup if warmup is not None else (spec.input_size == 32 and spec.depth == 110)
         self.warmup_ended_at: int | None = None  # the iteration after which the base lr applies
+        self.restored_step = 0  # the iterations behind the weights loaded from a checkpoint
+        self.last_checkpoint_step: int | None = None  # the iteration of the last checkpoint written or loaded
         self.eval_metrics = torch.nn.ModuleDict({split: self._eval_metric_set() for split in ("val", "test")})
         self._train_log: list[tuple[int, float, Tensor]] = []  # (iteration, lr, [loss, error]) not yet logged
 
@@ -111,8 +113,8 @@ class ResNetClassifier(L.LightningModule):
         values = self.trainer.strategy.reduce(torch.stack(values), reduce_op="mean").tolist()
         for iteration, lr, (loss, error) in zip(iterations, lrs, values):
             if not math.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss} at iteration {iteration}; the run stopped "
-                                         f"and its last checkpoint holds the last good weights (try a lower lr)")
+                raise FloatingPointError(f"the training loss became {loss} at iteration {iteration}; the run "
+                                         f"stopped. {self.kept_weights()}")
             for logger in self.loggers:
                 logger.log_metrics({"train/loss": loss, "train/error": error, "lr": lr}, step=iteration)
         for logger in self.loggers:
@@ -124,15 +126,28 @@ class ResNetClassifier(L.LightningModule):
     def on_train_end(self) -> None:
         self.flush_train_log()
 
+    def kept_weights(self) -> str:
+        """What a run that has to stop because its numbers diverged leaves behind, in words."""
+        if self.last_checkpoint_step is None:
+            return ("No checkpoint was written before that, so there are no good weights to go back to: delete the "
+                    "run directory and start over with a lower lr")
+        return (f"Its last checkpoint, from iteration {self.last_checkpoint_step}, holds the last good weights "
+                f"(try a lower lr)")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the iterations up to this checkpoint reach metrics.csv before the checkpoint does: a run killed after
+        # it resumes from here and logs only later iterations again, so no iteration's row is ever lost
+        self.flush_train_log()
         states = checkpoint["state_dict"].values()  # parameters and BN statistics
         if not all(torch.isfinite(t).all() for t in states if t.is_floating_point()):
-            raise FloatingPointError("the weights are no longer finite; the run stopped without overwriting its "
-                                     "last checkpoint, which holds the last good weights (try a lower lr)")
+            raise FloatingPointError(f"the weights are no longer finite at iteration {self.global_step}; the run "
+                                     f"stopped without writing them. {self.kept_weights()}")
         checkpoint["warmup_ended_at"] = self.warmup_ended_at
+        self.last_checkpoint_step = self.global_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.warmup_ended_at = checkpoint.get("warmup_ended_at")
+        self.restored_step = self.last_checkpoint_step = checkpoint["global_step"]
 
     # --- evaluation -----------------------------------------------------------------------------------
     def eval_scores(self, images: Tensor | list[Tensor]) -> Tensor:
@@ -158,15 +173,26 @@ class ResNetClassifier(L.LightningModule):
         metrics["images"].update(torch.tensor(float(len(labels)), device=scores.device))
 
     def _log_eval(self, splits: list[str]) -> None:
-        # compute() reduces the metric states over the ranks, so every rank logs the same global value
+        """During fit and `validate`, `val/` and `test/`: the curves. A `test` run is an evaluation under a test
+        protocol (the data module's `eval_protocol`), logged as `test/<protocol>/`. Each is logged at the
+        iteration of the weights it evaluated, so the latest evaluation of those weights is the last row for
+        that step in metrics.csv."""
+        step = max(self.global_step, self.restored_step)
         for split in splits:
             metrics = self.eval_metrics[split]
-            self.log(f"{split}/error", 1 - metrics["accuracy"]["top1"].compute())
+            prefix = f"test/{self.trainer.datamodule.eval_protocol}" if self.trainer.state.fn == "test" else split
+            # compute() reduces the metric states over the ranks, so every rank has the same global value
+            values = {f"{prefix}/error": 1 - metrics["accuracy"]["top1"].compute()}
             if "top5" in metrics["accuracy"]:
-                self.log(f"{split}/top5_error", 1 - metrics["accuracy"]["top5"].compute())
-            self.log(f"{split}/images", metrics["images"].compute())
+                values[f"{prefix}/top5_error"] = 1 - metrics["accuracy"]["top5"].compute()
+            values[f"{prefix}/images"] = metrics["images"].compute()
             for metric in [*metrics["accuracy"].values(), metrics["images"]]:
                 metric.reset()
+            for name, value in values.items():
+                self.log(name, value, logger=False)  # Lightning would log at its own step count
+            for logger in self.loggers:
+                logger.log_metrics({name: float(value) for name, value in values.items()}, step=step)
+                logger.save()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, self.val_splits[dataloader_idx])

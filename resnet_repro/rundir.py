@@ -1,21 +1,25 @@
 """A run directory, `runs/<experiment>/<run>/`: everything one training run leaves behind.
 
     config.yaml          the resolved LightningCLI config (written by fit)
-    metrics.csv          per-iteration train/loss, train/error, lr; val/ and test/ error at each validation
+    metrics.csv          per-iteration train/loss, train/error, lr; val/ and test/ error at each validation;
+                         test/<protocol>/ error of each evaluation after training
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
-    summary.json         status (running / finished / failed), final errors, params, steps, wall time, device,
-                         git revision
+    summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
+                         time, device, git revision
     wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline)
+    .lock                held by the one process that writes the run (fit, validate, test)
 
 The run's name and its experiment (the W&B run name and group) are the directory's name and its parent's.
 `fit` on a directory that holds a checkpoint resumes from it.
 """
 
 import csv
+import fcntl
 import json
 import netrc
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -26,19 +30,30 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def last_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail with one line, before anything is written, if a checkpoint cannot be read."""
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint of this project, loaded as data: `weights_only=True` unpickles tensors and plain containers
+    only, so a planted file cannot run code. Anything else fails with one line, before anything is written."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as error:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0]}); "
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path} is unreadable or not plain data ({type(error).__name__}: {reason}); "
                          f"restore a good copy, or delete it to start the run over") from error
+    model = checkpoint.get("hyper_parameters", {}).get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(model, str) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a checkpoint of resnet-repro (it has no state_dict and model name); "
+                         f"pass runs/<experiment>/<run>/checkpoints/last.ckpt")
+    return checkpoint
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -61,15 +76,67 @@ def git_revision() -> str:
         return "unknown"
 
 
+class RunLock:
+    """One writer per run directory: an exclusive `flock` on `<run_dir>/.lock` for the command's lifetime. The
+    kernel releases it when the process ends, however it ends, so the lock of a dead process is free again."""
+
+    def __init__(self, run_dir: Path):
+        path = Path(run_dir) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 200).decode(errors="replace").split() or ["?"]
+            os.close(self.fd)
+            where = f" on {holder[1]}" if len(holder) > 1 else ""
+            raise ValueError(f"{run_dir} is in use by process {holder[0]}{where}: one run directory takes one "
+                             f"writer; wait for that process to end (or stop it), then run this again") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing the descriptor releases the lock
+
+
+def repair_torn_line(path: Path) -> None:
+    """A process killed while appending to a CSV leaves a last line without its newline, cut anywhere, even
+    mid-number. Remove it: those iterations come after the last checkpoint, and the resumed run logs them again."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    print(f"warning: {path} ended in a line cut off mid-write ({data[keep:][:40]!r}...); removed it, and the "
+          f"resumed run logs those iterations again", file=sys.stderr)
+    if keep == 0:
+        os.remove(path)  # only a torn header was there
+
+
 class AppendingWriter(ExperimentWriter):
     def __init__(self, log_dir: str):
         super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            repair_torn_line(Path(self.metrics_file_path))
         if os.path.isfile(self.metrics_file_path):  # continue with the columns already in the file
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
 
     def _check_log_dir_exists(self) -> None:
         pass  # Lightning's writer deletes an existing metrics.csv here; a resumed run appends to it
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """A new column rewrites the whole file: into a temporary file that then replaces it, so that a kill
+        half-way leaves the old file whole (Lightning's writer truncates it first)."""
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = f"{self.metrics_file_path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_file_path)
 
 
 class RunCSVLogger(CSVLogger):
@@ -96,23 +163,33 @@ def make_loggers(run_dir: Path, config: dict, use_wandb: bool) -> list[Logger]:
     return loggers
 
 
+INIT_TIMEOUT_S = 20  # how long a W&B run may take to start before this run goes on with CSV only
+
+
 def start_wandb(run_dir: Path, config: dict) -> Logger | None:
     """A W&B logger for the run, or None with one warning when W&B cannot be used: training never depends on
     it. Offline unless WANDB_MODE says otherwise or an API key is configured; resumes the run's W&B id."""
     try:
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         offline = os.environ.get("WANDB_MODE", "online" if has_wandb_key() else "offline") in ("offline", "dryrun")
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
+        # W&B waits 90 s for its server by default; a run that cannot reach it should not wait that long to go on
+        settings = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)))
         logger = WandbLogger(name=run_dir.name, group=run_dir.parent.name, project="resnet-repro", save_dir=str(run_dir),
-                             offline=offline, id=run_id, resume="allow" if run_id else None, config=config)
+                             offline=offline, id=run_id, resume="allow" if run_id else None, config=config,
+                             settings=settings)
         logger.experiment  # start W&B now, so that a failure to start shows here and not mid-run
         id_file.write_text(logger.version + "\n")
         return logger
     except Exception as error:
-        print(f"warning: W&B is unusable ({type(error).__name__}: {error}); this run logs to {run_dir}/metrics.csv only",
-              file=sys.stderr)
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"warning: W&B is unusable ({type(error).__name__}: {reason}); this run logs to {run_dir}/metrics.csv "
+              f"only", file=sys.stderr)
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()  # end W&B's service now rather than have it retry at exit
         return None
 
 
@@ -126,19 +203,27 @@ def has_wandb_key() -> bool:
 
 
 class RunSummary(L.Callback):
-    """Keeps `summary.json` up to date: running at the start, finished or failed at the end."""
+    """Keeps `summary.json` whole and current: written at the start, at every validation and checkpoint, and at
+    the end of a fit (running / finished / failed / interrupted), and after every evaluation. What a write does
+    not renew (the last errors of an earlier session, the history of accepted config changes) is kept."""
 
-    def __init__(self, run_dir: Path, command: str):
+    def __init__(self, run_dir: Path, command: str, config_change: dict | None = None):
         self.run_dir, self.command = Path(run_dir), command
         self.previous_wall_time = read_summary(self.run_dir).get("wall_time_s", 0.0)
+        self.config_change = config_change  # {"step": ..., "changed": {key: [old, new]}} accepted on resume
+        self.git_revision = git_revision()
         self.started = time.monotonic()
 
-    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:
+    def update(self, trainer: L.Trainer, fields: dict, drop: tuple[str, ...] = ()) -> None:
         if not trainer.is_global_zero:
             return
-        device = trainer.strategy.root_device
+        summary = {k: v for k, v in read_summary(self.run_dir).items() if k not in drop}
         errors = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
-        write_json_atomically(self.run_dir / "summary.json", {
+        write_json_atomically(self.run_dir / "summary.json", {**summary, **fields, **errors})
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:
+        device = trainer.strategy.root_device
+        self.update(trainer, {
             "status": status,
             "run": self.run_dir.name,
             "experiment": self.run_dir.parent.name,
@@ -149,20 +234,35 @@ class RunSummary(L.Callback):
             "params": pl_module.num_params,
             "steps": trainer.global_step,
             "max_steps": trainer.max_steps,
-            **errors,
             "wall_time_s": round(self.previous_wall_time + time.monotonic() - self.started, 1),
             "devices": trainer.world_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "git_revision": git_revision(),
+            "git_revision": self.git_revision,
             "command": self.command,
             **extra,
-        })
+        }, drop=("error",))  # the error of an earlier session is history once the run goes on
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        changes = read_summary(self.run_dir).get("config_changes", [])
+        accepted = {"config_changes": [*changes, self.config_change]} if self.config_change else {}
+        self.write(trainer, pl_module, "running", **accepted)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.write(trainer, pl_module, "running")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.write(trainer, pl_module, "running")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module, "finished")
 
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.update(trainer, {})  # the evaluation's errors; the status stays what it was
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.write(trainer, pl_module, "failed", error=f"{type(exception).__name__}: {exception}")
+        if trainer.state.fn != "fit":
+            return  # a failed evaluation leaves the run's summary alone
+        stopped = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        self.write(trainer, pl_module, "interrupted" if stopped else "failed",
+                   error=f"{type(exception).__name__}: {exception}")

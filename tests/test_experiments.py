@@ -104,7 +104,7 @@ def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
                  "#SBATCH --signal=SIGUSR1@90", "#SBATCH --requeue"]:
         assert line in job.splitlines()
     [srun] = [line for line in job.splitlines() if line.startswith("srun ")]
-    assert srun.startswith("srun resnet-repro fit --config ") and "--model.model resnet20" in srun
+    assert srun.startswith("srun --kill-on-bad-exit=1 resnet-repro fit --config ") and "--model.model resnet20" in srun
     assert srun.endswith("--trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp")
 
     main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "torchrun", "--nodes", "3",
@@ -129,7 +129,7 @@ def test_submit_hands_each_script_to_sbatch(tmp_path, monkeypatch):
 def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     path = write_experiment(tmp_path, grid={"model.model": ["resnet20"]})
     main(["run", str(path), "--dry-run", "--launcher", "slurm", "--nodes", "2", "--devices", "4"])
-    assert "\n  srun resnet-repro fit --config " in capsys.readouterr().out
+    assert "\n  srun --kill-on-bad-exit=1 resnet-repro fit --config " in capsys.readouterr().out
     main(["run", str(path), "--dry-run", "--launcher", "torchrun", "--devices", "2"])
     assert "\n  torchrun --nnodes 1 --nproc_per_node 2 " in capsys.readouterr().out
     assert not (tmp_path / "runs").exists() and not Path("runs/exps-tiny").exists()

@@ -89,7 +89,7 @@ def test_report_command_writes_table_figure_and_readme(experiment, tmp_path, cap
     out = tmp_path / "results" / "mini"
     main(["report", str(experiment), "--out", str(out)])
     assert "| resnet20 " in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "curves.png", "table.csv", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".resnet-repro-output", "README.md", "curves.png", "table.csv", "table.md"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.imread(out / "curves.png").ndim == 3
     assert pd.read_csv(out / "table.csv").set_index("model").loc["resnet20", "error mean"] == pytest.approx(8.5)

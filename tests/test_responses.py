@@ -80,7 +80,7 @@ def test_responses_command_writes_csv_figure_and_findings(tiny_runs, tmp_path, c
     main(["responses", *checkpoints, "--images", "64", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "resnet20 responds less than plain20" in printed and "resnet32 responds less than resnet20" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "responses.csv", "responses.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".resnet-repro-output", "README.md", "responses.csv", "responses.png"]
     import pandas as pd
 
     table = pd.read_csv(out / "responses.csv")

@@ -8,7 +8,6 @@ channels (the typical response of one filter); `pool="all"` takes one std over e
 """
 
 import argparse
-import importlib
 import shlex
 from pathlib import Path
 from typing import Iterable, Literal
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from ..models import BasicBlock, Bottleneck
 from ..report.write import staged
-from ..rundir import check_checkpoint
+from ..rundir import read_checkpoint
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -109,23 +108,39 @@ def response_findings(responses: pd.DataFrame) -> list[str]:
     return lines
 
 
+def data_module_from(config_path: Path):
+    """The data module named in a config's data section. Only this package's data modules are built: a run
+    directory from elsewhere is data, and its config must not name code to run."""
+    from .. import data as data_modules
+
+    try:
+        data = yaml.safe_load(config_path.read_text())["data"]
+        class_path, init_args = data["class_path"], dict(data.get("init_args") or {})
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{config_path} has no data section with a class_path ({type(error).__name__}); pass "
+                         f"--data with a recipe such as experiments/cifar10/base.yaml") from error
+    module_name, _, class_name = class_path.rpartition(".")
+    if module_name.split(".")[0] != "resnet_repro" or class_name not in data_modules.__all__:
+        raise ValueError(f"{config_path} names the data module {class_path!r}, which is not one of resnet-repro's "
+                         f"({', '.join(data_modules.__all__)}); only those are built from a run's config")
+    return getattr(data_modules, class_name)(**init_args)
+
+
 def load_run(checkpoint: Path, data_config: Path | None = None):
     """(label, the trained LightningModule, its test images) of a checkpoint in a run directory; the images
     come from the run's own config.yaml, or from the data section of `data_config`."""
     from ..module import ResNetClassifier  # Lightning: imported only where a checkpoint is loaded
 
     checkpoint = Path(checkpoint)
-    check_checkpoint(checkpoint)
+    read_checkpoint(checkpoint)
     config_path = Path(data_config) if data_config else checkpoint.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: pass --data with a recipe whose data section gives the images")
-    data = yaml.safe_load(config_path.read_text())["data"]
-    module_name, class_name = data["class_path"].rsplit(".", 1)
-    datamodule = getattr(importlib.import_module(module_name), class_name)(**data.get("init_args", {}))
+    datamodule = data_module_from(config_path)
     datamodule.setup("test")
     images = (images for images, _ in datamodule.test_dataloader())
     # eager: the hooks read every 3x3 layer's output, and a net trained compiled need not pay to compile again here
-    module = ResNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu", compile_mode=None)
+    module = ResNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, compile_mode=None)
     return checkpoint.parent.parent.name, module, images
 
 

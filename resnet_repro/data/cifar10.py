@@ -9,12 +9,25 @@ import torch
 from torch import Tensor
 from torchvision.datasets.utils import download_and_extract_archive
 
-from .small_images import SmallImageDataModule
+from .small_images import SmallImageDataModule, checked_labels
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """The CIFAR-10 batches are pickles of numpy arrays and lists; any other global in a file is refused, so a
+    planted file cannot run code when it is read."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}  # encode: bytes in protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
 
 
 def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
@@ -23,7 +36,7 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
         path = folder / name
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = BatchUnpickler(f, encoding="bytes").load()
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
         except FileNotFoundError:
@@ -31,6 +44,7 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
         except Exception as error:  # a truncated or foreign file fails in pickle or numpy, in many ways
             raise ValueError(f"{path} is corrupt ({type(error).__name__}: {error}): delete {folder} and "
                              f"download {URL} again") from error
+        checked_labels(torch.from_numpy(labels[-1]), path)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 

@@ -4,6 +4,7 @@ a fixed 1,297/200/300 train/val/test split."""
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -13,7 +14,7 @@ TEST_SIZE = 300
 
 
 class DigitsDataModule(SmallImageDataModule):
-    def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int = 200,
+    def __init__(self, batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, val_size: NonNegativeInt = 200,
                  train_on_all: bool = False, seed: int = 0):
         super().__init__(batch_size, eval_batch_size, val_size, train_on_all, seed)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
 
-from .small_images import SmallImageDataModule
+from .small_images import SmallImageDataModule, checked_labels
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -69,4 +69,5 @@ class FashionMNISTDataModule(SmallImageDataModule):
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.prepare_data()  # setup without a trainer still finds or fetches the data
         train_x, train_y, test_x, test_y = find_idx_files(self.folders)
-        return to_rgb32(read_idx(train_x)), read_idx(train_y).long(), to_rgb32(read_idx(test_x)), read_idx(test_y).long()
+        return (to_rgb32(read_idx(train_x)), checked_labels(read_idx(train_y).long(), train_y),
+                to_rgb32(read_idx(test_x)), checked_labels(read_idx(test_y).long(), test_y))

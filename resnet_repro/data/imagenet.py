@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -118,7 +119,8 @@ class ImageNetDataModule(L.LightningDataModule):
 
     val_splits = ["val"]  # the validation set is the test set; no separate split is held out
 
-    def __init__(self, data_dir: str, batch_size: int = 256, eval_batch_size: int = 64, num_workers: int = 8,
+    def __init__(self, data_dir: str, batch_size: PositiveInt = 256, eval_batch_size: PositiveInt = 64,
+                 num_workers: NonNegativeInt = 8,
                  eval_mode: Literal["center", "ten_crop", "multi_scale"] = "ten_crop",
                  scales: tuple[int, ...] = (224, 256, 384, 480, 640), seed: int = 0):
         super().__init__()
@@ -130,6 +132,10 @@ class ImageNetDataModule(L.LightningDataModule):
     @property
     def rank_and_world_size(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    @property
+    def eval_protocol(self) -> str:
+        return self.eval_mode
 
     def image_folder(self, split: str, transform: v2.Compose) -> ImageFolder:
         folder = Path(self.data_dir) / split

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch import Tensor
 
 
@@ -98,6 +99,18 @@ class EvalBatches:
             yield normalize(self.images[index], self.mean), self.labels[index]
 
 
+NUM_CLASSES = 10  # CIFAR-10, Fashion-MNIST and digits alike
+
+
+def checked_labels(labels: Tensor, path) -> Tensor:
+    """Labels read from a dataset file, refused in one line naming the file if any is not a class index."""
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES:
+        raise ValueError(f"{path} holds labels from {int(labels.min())} to {int(labels.max())}, outside "
+                         f"0..{NUM_CLASSES - 1}: the file is corrupt or of another dataset; delete it and download "
+                         f"the dataset again")
+    return labels
+
+
 def normalize(images: Tensor, mean: Tensor) -> Tensor:
     """uint8 images to floats in [0, 1] less the per-pixel mean image of the training set."""
     return images.float().div_(255).sub_(mean)
@@ -114,8 +127,9 @@ class SmallImageDataModule(L.LightningDataModule):
     """
 
     split_seed = 0
+    eval_protocol = "single_view"  # the paper's CIFAR-10 test: each original test image, once
 
-    def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int = 5000,
+    def __init__(self, batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, val_size: NonNegativeInt = 5000,
                  train_on_all: bool = False, seed: int = 0):
         super().__init__()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

@@ -1,5 +1,7 @@
 """Run directories (or W&B runs) into two tidy DataFrames: one row per run, and the curves of all runs."""
 
+import io
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +22,31 @@ def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """A run's metrics.csv, tidy. A last line without its newline (a writer killed mid-line, or one writing now)
+    is left out with a warning; anything else that is not a number fails naming the file and line."""
     path = Path(run_dir) / "metrics.csv"
-    return tidy_metrics(pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["step"]))
+    if not path.is_file():
+        return tidy_metrics(pd.DataFrame(columns=["step"]))
+    text = path.read_text(errors="replace")
+    if text and not text.endswith("\n"):
+        torn = text[text.rfind("\n") + 1:]
+        print(f"warning: {path} ends in an incomplete line ({torn[:40]!r}): left out", file=sys.stderr)
+        text = text[:len(text) - len(torn)]
+    try:
+        wide = pd.read_csv(io.StringIO(text)) if text else pd.DataFrame(columns=["step"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(f"{path} cannot be read: {error}; repair or delete the line") from error
+    for column in wide.columns:
+        numbers = pd.to_numeric(wide[column], errors="coerce")
+        bad = wide[column].notna() & numbers.isna()
+        if bad.any():
+            line = int(bad.idxmax()) + 2  # the header is line 1
+            raise ValueError(f"{path} line {line}: {column} is {wide[column][bad].iloc[0]!r}, not a number; repair "
+                             f"or delete the line")
+        wide[column] = numbers
+    if "step" not in wide.columns:
+        raise ValueError(f"{path} has no step column: it is not a metrics.csv written by resnet-repro")
+    return tidy_metrics(wide)
 
 
 def final_train_error(curves: pd.DataFrame, fraction: float = 0.05) -> float:

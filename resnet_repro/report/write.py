@@ -15,15 +15,41 @@ from .figures import training_curves
 from .tables import error_table, findings, format_table
 
 
+MARKER = ".resnet-repro-output"  # in every folder this tool writes, listing the files it wrote
+
+
+def check_replaceable(out: Path) -> None:
+    """`out` may be replaced only if it is missing, empty, or a folder this tool wrote that holds nothing else:
+    anything else is refused in one line, before any work, and never deleted."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file: name a folder for the output (default results/<name>)")
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return
+    marker = out / MARKER
+    if not marker.is_file():
+        raise ValueError(f"--out {out} is a folder this tool did not write ({len(present)} entries, no {MARKER}): "
+                         f"choose a new or empty folder; nothing in it was touched")
+    foreign = sorted(present - set(marker.read_text().split()) - {MARKER})
+    if foreign:
+        raise ValueError(f"--out {out} holds files this tool did not write ({', '.join(foreign[:5])}): move them "
+                         f"away or choose another folder; nothing in it was touched")
+
+
 @contextlib.contextmanager
 def staged(out: Path):
     """Yields an empty folder to write into; on success it replaces `out` whole, on failure it is removed and
-    `out` stays as it was."""
+    `out` stays as it was. Only a folder that this tool wrote is replaced (see check_replaceable)."""
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
+        (staging / MARKER).write_text("".join(f"{p.name}\n" for p in sorted(staging.iterdir())))
+        check_replaceable(out)  # again: something may have been put there while the output was made
         if out.exists():  # swap in the new folder, then drop the old one
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -68,6 +94,9 @@ def report_command(argv: list[str]) -> None:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT",
                         help="read the experiment's runs (the W&B group named like its directory) from W&B instead")
     args = parser.parse_args(argv)
+    if not args.wandb and not args.experiment_dir.is_dir():
+        raise ValueError(f"{args.experiment_dir} is not a folder: pass runs/<experiment>, the folder of an "
+                         f"experiment's runs")
     out = args.out or Path("results") / args.experiment_dir.name
     command = shlex.join(["resnet-repro", "report", str(args.experiment_dir), "--out", str(out),
                           *(["--wandb", args.wandb] if args.wandb else [])])

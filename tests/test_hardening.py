@@ -1,0 +1,312 @@
+"""Hostile but fair use: bad input refused in one line with nothing touched, checkpoints and configs read as data
+(never run as code), one writer per run directory, and nothing lost when a run is killed at any iteration."""
+
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, cli_error, fit, run_cli, summary, write_cifar10
+from resnet_repro.report.collect import read_metrics
+
+DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
+TINY = ["--trainer.max_steps", "4", "--data.init_args.batch_size", "16", "--trainer.val_check_interval", "2",
+        "--trainer.log_every_n_steps", "2", "--checkpoint.every_n_train_steps", "2"]
+PLANTED = "planted-code-ran"
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+class Payload:
+    """Unpickling this runs a shell command that leaves a file behind: what a planted checkpoint could do."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.sentinel}",)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A finished tiny digits run, a tiny CIFAR-10 with labels out of range, a report folder, foreign files."""
+    root = tmp_path_factory.mktemp("hostile")
+    fit(*DIGITS, *TINY, "--run_dir", str(root / "exp" / "done"))
+    bad = write_cifar10(root / "badlabels")
+    batch = pickle.loads((bad / "data_batch_2").read_bytes(), encoding="bytes")
+    batch[b"labels"][5] = 12
+    (bad / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("my notes\n")
+    (root / "a-file").write_text("not a folder\n")
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    (root / "corrupt.ckpt").write_bytes(b"\x80\x02garbage")
+    experiments = root / "exps"
+    experiments.mkdir()
+    recipe = str(REPO / "experiments/digits/base.yaml")
+    for name, spec in {
+        "grid-list": {"recipe": recipe, "grid": [{"model.model": ["resnet20"]}]},
+        "overrides-list": {"recipe": recipe, "overrides": ["trainer.max_steps", 4]},
+        "recipe-list": {"recipe": [recipe]},
+        "grid-string": {"recipe": recipe, "grid": {"model.model": "resnet20"}},
+        "runs-names": {"recipe": recipe, "runs": ["resnet20"]},
+        "negative-steps": {"recipe": recipe, "overrides": {"trainer.max_steps": -5}},
+    }.items():
+        (experiments / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must say
+    "batch size 0": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--data.init_args.batch_size", "0"],
+                     "data.init_args.batch_size: Not of type PositiveInt: 0"),
+    "negative batch size": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--data.init_args.batch_size", "-8"],
+                            "data.init_args.batch_size: Not of type PositiveInt: -8"),
+    "negative max_steps": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--trainer.max_steps", "-5"],
+                           "trainer.max_steps must be a positive number of iterations, not -5"),
+    "negative max_steps in a dry run": (["run", "{root}/exps/negative-steps.yaml", "--dry-run"],
+                                        "trainer.max_steps must be a positive number of iterations, not -5"),
+    "grid as a list": (["run", "{root}/exps/grid-list.yaml"], "grid must be a mapping of dotted config keys"),
+    "overrides as a list": (["run", "{root}/exps/overrides-list.yaml"], "overrides must be a mapping"),
+    "recipe as a list": (["run", "{root}/exps/recipe-list.yaml"], "recipe must be one path"),
+    "a bare string in a grid": (["run", "{root}/exps/grid-string.yaml"],
+                                "grid key model.model must be a non-empty list of values, e.g. model.model: [resnet20], not str 'resnet20'"),
+    "runs as names": (["run", "{root}/exps/runs-names.yaml"],
+                      "each entry of runs must be a mapping of settings, e.g. {model.model: resnet20}, not str"),
+    "labels out of range": (["fit", "--config", str(REPO / "experiments/cifar10/base.yaml"), "--run_dir",
+                             "{root}/exp/new", "--data.init_args.data_dir", "{root}/badlabels", "--data.init_args.download",
+                             "false", "--trainer.max_steps", "2"], "data_batch_2 holds labels from 0 to 12, outside 0..9"),
+    "test on a corrupt checkpoint": (["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path",
+                                      "{root}/corrupt.ckpt"], "checkpoint {root}/corrupt.ckpt is unreadable"),
+    "test on a foreign checkpoint": (["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path",
+                                      "{root}/foreign.pt"], "foreign.pt is not a checkpoint of resnet-repro"),
+    "responses on a foreign .pt": (["responses", "{root}/foreign.pt", "--out", "{root}/resp"],
+                                   "foreign.pt is not a checkpoint of resnet-repro"),
+    "run_dir that is a file": (["fit", *DIGITS, "--run_dir", "{root}/a-file"], "--run_dir {root}/a-file is a file"),
+    "report on a file": (["report", "{root}/a-file", "--out", "{root}/rep"], "{root}/a-file is not a folder"),
+    "report into a folder it did not write": (["report", "{root}/exp", "--out", "{root}/mine"],
+                                              "--out {root}/mine is a folder this tool did not write"),
+    "report into the repository's results": (["report", "{root}/exp", "--out", str(REPO / "experiments")],
+                                             "is a folder this tool did not write"),
+    "responses into a folder it did not write": (["responses", "{root}/exp/done/checkpoints/last.ckpt", "--out",
+                                                  "{root}/mine"], "--out {root}/mine is a folder this tool did not"),
+    "resume with another lr": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done", "--model.lr", "1e6"],
+                               "holds a run with other settings (model.lr 0.1 -> 1000000.0)"),
+    "resume with another model": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done", "--model.model",
+                                   "plain56"], "model.model 'resnet20' -> 'plain56'"),
+    "a second writer": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done"], "is in use by process"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=str)
+def test_hostile_input_is_refused_in_one_line_and_touches_nothing(case, workspace):
+    argv, expected = HOSTILE[case]
+    argv = [arg.replace("{root}", str(workspace)) for arg in argv]
+    holder = None
+    if case == "a second writer":  # another process holds the run directory
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from resnet_repro.rundir import RunLock; "
+                                   "RunLock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                                   str(workspace / "exp" / "done")], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "held\n"
+        expected = f"is in use by process {holder.pid} on {socket.gethostname()}"
+    before = snapshot(workspace)
+    try:
+        message = cli_error(*argv)
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
+    assert expected.replace("{root}", str(workspace)) in message, message
+    after = snapshot(workspace)
+    assert {path: after.get(path) for path in before} == before  # nothing that was there is changed or deleted
+    new_run = workspace / "exp" / "new"  # a new run that fails may leave its record (a failed summary), only there
+    assert all(path.is_relative_to(new_run) for path in after.keys() - before.keys())
+    shutil.rmtree(new_run, ignore_errors=True)
+
+
+def test_planted_pickles_are_read_as_data_and_never_run(tmp_path):
+    sentinel = tmp_path / PLANTED
+    run = tmp_path / "exp" / "planted"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": Payload(sentinel), "hyper_parameters": {"model": "resnet20"}},
+               run / "checkpoints" / "last.ckpt")
+    for argv in (["fit", *DIGITS, *TINY, "--run_dir", str(run)],
+                 ["test", *DIGITS, "--run_dir", str(run), "--ckpt_path", str(run / "checkpoints/last.ckpt")],
+                 ["responses", str(run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "resp")]):
+        assert "is unreadable or not plain data (UnpicklingError" in cli_error(*argv)
+    # a CIFAR-10 batch file is a pickle too
+    folder = write_cifar10(tmp_path / "data")
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Payload(sentinel)}, protocol=2))
+    assert "posix.system is not part of a CIFAR-10 batch" in cli_error(
+        "fit", "--config", str(REPO / "experiments/cifar10/base.yaml"), "--run_dir", str(tmp_path / "exp" / "c"),
+        "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false")
+    # a real checkpoint whose run config names code instead of a data module
+    good = tmp_path / "exp" / "good"
+    fit(*DIGITS, *TINY, "--trainer.max_steps", "2", "--run_dir", str(good))
+    config = yaml.safe_load((good / "config.yaml").read_text())
+    config["data"] = {"class_path": "subprocess.getoutput", "init_args": {"cmd": f"touch {sentinel}"}}
+    (good / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "names the data module 'subprocess.getoutput', which is not one of resnet-repro's" in cli_error(
+        "responses", str(good / "checkpoints/last.ckpt"), "--out", str(tmp_path / "resp"))
+    assert not sentinel.exists()
+
+
+def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    run = tmp_path / "exp" / "r"
+    args = ["fit", *DIGITS, *TINY, "--trainer.max_steps", "6", "--run_dir", str(run), "--wandb", "false"]
+    first = subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", *args, "--trainer.callbacks+=killer.PauseAtStep",
+                              "--trainer.callbacks.init_args.step", "3"], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (run / "paused").is_file() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (run / "paused").is_file(), "the first writer did not reach iteration 3"
+        before = snapshot(run)
+        message = cli_error(*args, "--seed_everything", "7")  # a second writer, even with other settings
+        assert f"{run} is in use by process {first.pid} on {socket.gethostname()}" in message
+        assert snapshot(run) == before
+    finally:
+        first.kill()  # a writer that dies however it dies leaves no lock behind
+        first.wait()
+    fit(*args[1:])
+    assert summary(run)["status"] == "finished" and summary(run)["steps"] == 6
+
+
+KILL_ARGS = [*DIGITS, "--trainer.max_steps", "6", "--data.init_args.batch_size", "16", "--model.milestones", "[3]",
+             "--checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "3",
+             "--trainer.val_check_interval", "3", "--wandb", "false"]
+
+
+def test_killed_at_every_iteration_a_resumed_run_logs_every_row_of_the_uninterrupted_run(tmp_path):
+    straight = tmp_path / "exp" / "straight"
+    fit(*KILL_ARGS, "--run_dir", str(straight))
+    expected = read_metrics(straight)
+    assert set(expected.metric) >= {"train/loss", "train/error", "lr", "val/error", "test/error"}
+    assert sorted(expected[expected.metric == "train/loss"].step) == [1, 2, 3, 4, 5, 6]
+
+    killed = {step: tmp_path / "exp" / f"killed-at-{step}" for step in range(1, 6)}
+    processes = [subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", "fit", *KILL_ARGS, "--run_dir", str(run),
+                                   "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=killer.KillAtStep",
+                                   "--trainer.callbacks.init_args.step", str(step)], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for step, run in killed.items()]
+    assert [process.wait() for process in processes] == [-signal.SIGKILL] * 5
+    for step, run in killed.items():
+        state = summary(run)
+        # as of its last checkpoint (every 2) or validation (every 3), not 0
+        assert state["status"] == "running" and max(step - step % 2, step - step % 3) == state["steps"]
+    metrics = killed[5] / "metrics.csv"
+    metrics.write_bytes(metrics.read_bytes() + b"5,0.43")  # a writer killed in the middle of a line
+    for step, run in killed.items():
+        fit(*KILL_ARGS, "--run_dir", str(run))
+        assert summary(run)["status"] == "finished", step
+        pd.testing.assert_frame_equal(read_metrics(run), expected, check_exact=True, obj=f"killed at {step}")
+
+
+def test_a_changed_setting_resumes_only_when_accepted_and_is_recorded(tmp_path):
+    run = tmp_path / "exp" / "r"
+    fit(*DIGITS, *TINY, "--run_dir", str(run))
+    finished = summary(run)
+    fit(*DIGITS, *TINY, "--run_dir", str(run))  # the same command again: nothing to train, nothing touched
+    assert summary(run) == finished
+    fit(*DIGITS, *TINY, "--run_dir", str(run), "--trainer.max_steps", "6", "--accept_config_change", "true")
+    extended = summary(run)
+    assert extended["status"] == "finished" and extended["steps"] == 6
+    assert extended["config_changes"] == [{"step": 4, "changed": {"trainer.max_steps": [4, 6]}}]
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 6
+    assert read_metrics(run).query("metric == 'train/loss'").step.tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_latest_evaluation_wins_and_the_summary_stays_whole(tmp_path):
+    data_a, data_b = write_cifar10(tmp_path / "a", seed=1).parent, write_cifar10(tmp_path / "b", seed=2).parent
+    run = tmp_path / "exp" / "r"
+    cifar = ["--config", str(REPO / "experiments/cifar10/base.yaml"), "--trainer.accelerator", "cpu",
+             "--data.init_args.download", "false", "--data.init_args.val_size", "21"]
+    fit(*cifar, *TINY, "--run_dir", str(run), "--data.init_args.data_dir", str(data_a))
+    fitted = summary(run)
+    errors = []
+    for data in (data_a, data_b):
+        main_test = ["test", *cifar, "--run_dir", str(run), "--wandb", "false", "--data.init_args.data_dir", str(data),
+                     "--ckpt_path", str(run / "checkpoints/last.ckpt"), "--trainer.enable_progress_bar", "false"]
+        from resnet_repro.cli import main
+        main(main_test)
+        errors.append(summary(run)["test/single_view/error"])
+    rows = read_metrics(run).query("metric == 'test/single_view/error'")
+    assert rows.step.tolist() == [4] and rows.value.tolist() == [errors[1]]  # the last evaluation of step 4
+    assert errors[0] != errors[1]  # other test images: the two evaluations differ, and the second one is kept
+    now = summary(run)
+    assert {k: now[k] for k in fitted} == fitted  # status, steps, val/ and test/ errors of the fit are kept
+
+
+def test_wandb_that_cannot_reach_its_server_gives_up_within_its_init_timeout(tmp_path):
+    server = socket.socket()  # accepts connections and never answers: a network that swallows packets
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
+    run = tmp_path / "exp" / "online"
+    result = run_cli("fit", *DIGITS, *TINY, "--run_dir", str(run), "--trainer.enable_progress_bar", "false",
+                     env={"WANDB_MODE": "online", "WANDB_API_KEY": "a" * 40, "WANDB_INIT_TIMEOUT": "3",
+                          "WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}"},
+                     timeout=80)  # W&B's own default would wait 90 s
+    assert result.returncode == 0, result.stderr[-2000:]
+    [warning] = [line for line in result.stderr.splitlines() if "W&B is unusable" in line]
+    assert "Timed out" in warning and f"logs to {run}/metrics.csv only" in warning
+    assert summary(run)["status"] == "finished" and accepted  # it did try the server
+
+
+def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
+    path = tmp_path / "exps" / "pause.yaml"
+    path.parent.mkdir()
+    run = tmp_path / "runs" / "exps-pause" / "resnet20-s0"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
+    # stopped while paused before iteration 4 (then 6), the child finishes that iteration and its checkpoint
+    for how, pause, checkpoint in [(signal.SIGTERM, 3, 4), (signal.SIGKILL, 5, 6)]:
+        path.write_text(yaml.safe_dump({
+            "recipe": str(REPO / "experiments/digits/base.yaml"), "grid": {"model.model": ["resnet20"]},
+            "overrides": {"trainer.max_steps": 8, "data.init_args.batch_size": 16, "checkpoint.every_n_train_steps": 2,
+                          "trainer.val_check_interval": 8, "wandb": False, "trainer.enable_progress_bar": False,
+                          "trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": pause}}]}}))
+        (run / "paused").unlink(missing_ok=True)
+        parent = subprocess.Popen([str(Path(sys.executable).parent / "resnet-repro"), "run", str(path), "--runs-root",
+                                   str(tmp_path / "runs")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(600):
+                if (run / "paused").is_file():
+                    break
+                time.sleep(0.1)
+            child = int((run / "paused").read_text())
+            parent.send_signal(how)
+            _, stderr = parent.communicate(timeout=60)
+        finally:
+            parent.kill()
+        for _ in range(300):  # the child ends too
+            if not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"the fit child {child} outlived `run` stopped by {how.name}")
+        if how == signal.SIGTERM:
+            assert parent.returncode != 0
+            assert stderr.strip().splitlines()[-1] == ("resnet-repro run: stopped by SIGTERM; a run keeps its last "
+                                                       "checkpoint, and the same command resumes it")
+        assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == checkpoint
+        assert summary(run)["status"] == "interrupted"
