@@ -39,7 +39,8 @@ TRAINER_DEFAULTS = {
 # Settings that say where and how a run is executed, logged and checkpointed, not what it computes: a resumed run
 # may change these. Any other change (model, data, recipe values, seed, iterations, devices, precision) would
 # make the resumed run a different run, and is refused unless accepted with --accept_config_change.
-HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "accept_config_change", "checkpoint.",
+HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "accept_config_change", "protocols",
+                "checkpoint.",
                 "trainer.accelerator", "trainer.strategy", "trainer.callbacks", "trainer.logger",
                 "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
                 "trainer.default_root_dir", "trainer.benchmark", "trainer.log_every_n_steps",
@@ -76,6 +77,11 @@ def check_values(config, subcommand: str | None) -> None:
     if subcommand in ("fit", None) and not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"trainer.max_steps must be a positive number of iterations, not {max_steps} (the "
                          f"recipes stop at max_steps: their schedules are in iterations)")
+    module_name, _, class_name = config.data.class_path.rpartition(".")
+    protocols = getattr(importlib.import_module(module_name), class_name).protocols
+    unknown = [protocol for protocol in config.protocols if protocol not in protocols]
+    if unknown:
+        raise ValueError(f"--protocols {' '.join(unknown)}: {class_name} is tested by {', '.join(protocols)}")
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")
@@ -107,6 +113,9 @@ class RunCLI(LightningCLI):
         parser.add_argument("--run_dir", default="runs/default/run",
                             help="runs/<experiment>/<run>: logs, checkpoints, summary; fit resumes a run found there")
         parser.add_argument("--wandb", type=bool, default=True, help="also log to Weights & Biases (never required)")
+        parser.add_argument("--protocols", type=list[str], default=[],
+                            help="test protocols to evaluate the final weights under, after fit or in test (CIFAR: "
+                                 "single_view; ImageNet: center, ten_crop, multi_scale); each logs test/<protocol>/")
         parser.add_argument("--accept_config_change", type=bool, default=False,
                             help="resume a run with settings that differ from its config.yaml (the change is "
                                  "recorded in summary.json); without it such a resume is refused")
@@ -177,7 +186,22 @@ class RunCLI(LightningCLI):
                                   f"test --config {saved} --ckpt_path {checkpoint} evaluates it again)")
 
     def after_fit(self) -> None:
+        self.evaluate(self.command_config.protocols)
         finish_wandb(exit_code=0)
+
+    def before_test(self) -> None:
+        protocols = self.command_config.protocols
+        if protocols:
+            self.datamodule.use_protocol(protocols[0])
+
+    def after_test(self) -> None:
+        self.evaluate(self.command_config.protocols[1:], ckpt_path=self.command_config.ckpt_path)
+
+    def evaluate(self, protocols: list[str], ckpt_path: str | None = None) -> None:
+        """The final weights under each test protocol, one after another in this process (and its DDP ranks)."""
+        for protocol in protocols:
+            self.datamodule.use_protocol(protocol)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
 def finish_wandb(exit_code: int) -> None:

@@ -16,10 +16,13 @@ interrupted ones resume, so rerunning the same command completes an experiment.
 
 import argparse
 import ctypes
+import importlib
 import itertools
 import json
+import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +37,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .analysis.complexity import count_macs, count_params, meta_model
 from .cli import check_config
 from .models import get_spec
-from .rundir import read_summary
+from .rundir import last_checkpoint, read_summary, write_json_atomically
 
 REPO = Path(__file__).resolve().parents[1]
-TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches"}
+TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches", "evaluate", "runs_from"}
 LAUNCHERS = ("local", "torchrun", "slurm")
 
 
@@ -46,30 +49,35 @@ class Run:
     name: str
     seed: int
     settings: dict  # dotted config key -> value, on top of the recipe
+    experiment: str  # the experiment that defines the run: it lives in runs/<experiment>/<name>/
+    recipe: Path
+    recipe_config: dict
+    protocols: list[str]  # its experiment's test protocols, evaluated when it finishes
 
-    def fit_args(self, recipe: Path, run_dir: Path) -> list[str]:
-        """The arguments of `resnet-repro fit` for this run."""
-        args = ["--config", shown(recipe), "--run_dir", shown(run_dir), "--seed_everything", str(self.seed)]
+    def setting(self, key: str):
+        """The run's value for a dotted key: its own setting, else the recipe's (None if neither has it)."""
+        if key in self.settings:
+            return self.settings[key]
+        value = self.recipe_config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    def fit_args(self, run_dir: Path, protocols: list[str] | None = None) -> list[str]:
+        """The arguments of `resnet-repro fit` for this run (and of `test` under `protocols`)."""
+        protocols = self.protocols if protocols is None else protocols
+        args = ["--config", shown(self.recipe), "--run_dir", shown(run_dir), "--seed_everything", str(self.seed)]
         for key, value in self.settings.items():
             args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-        return args
+        return args + (["--protocols", json.dumps(protocols)] if protocols else [])
 
 
 @dataclass
 class Experiment:
     name: str  # runs/<name>/: the W&B group
     recipe: Path
-    recipe_config: dict
-    runs: list[Run]
-
-    def setting(self, run: Run, key: str):
-        """A run's value for a dotted key: its own setting, else the recipe's (None if neither has it)."""
-        if key in run.settings:
-            return run.settings[key]
-        value = self.recipe_config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
+    protocols: list[str]  # the test protocols its report compares with the paper
+    runs: list[Run]  # its own runs, then those it takes from other experiments
 
 
 def shown(path: Path) -> str:
@@ -125,7 +133,7 @@ def check_shapes(path: Path, spec: dict) -> None:
             refuse("each patch", patch, "{when: {key: value}, set: {key: value}}")
 
 
-def load_experiment(path: Path) -> Experiment:
+def load_experiment(path: Path, seen: frozenset = frozenset()) -> Experiment:
     """Read and expand an experiment file; anything malformed raises ValueError naming the file and run."""
     path = Path(path)
     spec = load_yaml(path, "an experiment file")
@@ -140,10 +148,13 @@ def load_experiment(path: Path) -> Experiment:
         raise ValueError(f"{path}: recipe {spec['recipe']} does not exist (paths are relative to {REPO})")
     patches = spec.get("patches") or []
 
+    protocols = spec.get("evaluate") or []
+    experiment = Experiment(experiment_name(path), recipe, protocols, [])
+    recipe_config = load_yaml(recipe, "a recipe")
     grid = spec.get("grid") or {}
     entries = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     entries += [dict(entry) for entry in spec.get("runs") or []]
-    if not entries:
+    if not entries and not spec.get("runs_from"):
         entries = [{}]  # the recipe itself
     default_seeds = spec.get("seeds", [0])
     seeds = [entry.pop("seeds", default_seeds) for entry in entries]
@@ -154,34 +165,64 @@ def load_experiment(path: Path) -> Experiment:
     keys = {key for entry in entries for key in entry} - {"model.model", "model.shortcut"}
     distinguishing = sorted(key for key in keys if len({json.dumps(e.get(key)) for e in entries}) > 1)
 
-    experiment = Experiment(experiment_name(path), recipe, load_yaml(recipe, "a recipe"), [])
     for entry, entry_seeds in zip(entries, seeds):
         settings = {**(spec.get("overrides") or {}), **entry}
         for seed in entry_seeds:
-            run = Run("", seed, dict(settings))
-            model = experiment.setting(run, "model.model")
-            run.name = run_name(settings, distinguishing, seed, model)
+            run = Run("", seed, dict(settings), experiment.name, recipe, recipe_config, protocols)
+            run.name = run_name(settings, distinguishing, seed, run.setting("model.model"))
             for patch in patches:  # after naming: a patch follows from the settings, it does not set a run apart
-                if all(experiment.setting(run, key) == value for key, value in patch["when"].items()):
+                if all(run.setting(key) == value for key, value in patch["when"].items()):
                     run.settings.update(patch["set"])
             try:
-                check_config(run.fit_args(recipe, Path("runs") / experiment.name / run.name))
-                build_on_meta(experiment, run)
+                check_config(run.fit_args(Path("runs") / experiment.name / run.name))
+                build_on_meta(run)
             except (ArgumentError, ValueError) as error:
                 raise ValueError(f"{path}: run {run.name}: {error}") from error
             experiment.runs.append(run)
+    for source in spec.get("runs_from") or []:
+        experiment.runs += shared_runs(path, source, seen | {path.resolve()})
+    check_protocols(path, experiment)
 
-    names = [run.name for run in experiment.runs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    names = [f"{run.experiment}/{run.name}" for run in experiment.runs]
+    duplicates = sorted({name.split("/")[1] for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"{path}: more than one run is named {', '.join(duplicates)}: make their settings differ")
     return experiment
 
 
-def build_on_meta(experiment: Experiment, run: Run) -> torch.nn.Module:
+def shared_runs(path: Path, source: dict, seen: set[Path]) -> list[Run]:
+    """The runs an experiment takes from another (`runs_from: [{experiment: FILE, runs: [NAME, ...]}]`, all of
+    its runs when `runs` is left out): trained once, in the other experiment's folder, with its settings."""
+    if not isinstance(source, dict) or "experiment" not in source or set(source) - {"experiment", "runs"}:
+        raise ValueError(f"{path}: each entry of runs_from is {{experiment: experiments/..., runs: [NAME, ...]}}, "
+                         f"not {source!r}")
+    other = REPO / source["experiment"]
+    if other.resolve() in seen:
+        raise ValueError(f"{path}: runs_from {source['experiment']} comes back to an experiment already read")
+    if not other.is_file():
+        raise ValueError(f"{path}: runs_from {source['experiment']} does not exist (paths are relative to {REPO})")
+    runs = load_experiment(other, seen).runs
+    wanted = source.get("runs") or [run.name for run in runs]
+    missing = sorted(set(wanted) - {run.name for run in runs})
+    if missing:
+        raise ValueError(f"{path}: {source['experiment']} has no run {', '.join(missing)}: its runs are "
+                         f"{', '.join(run.name for run in runs)}")
+    return [run for run in runs if run.name in wanted]
+
+
+def check_protocols(path: Path, experiment: Experiment) -> None:
+    for run in experiment.runs:
+        module_name, _, class_name = run.setting("data.class_path").rpartition(".")
+        known = getattr(importlib.import_module(module_name), class_name).protocols
+        unknown = [protocol for protocol in experiment.protocols if protocol not in known]
+        if unknown:
+            raise ValueError(f"{path}: evaluate: {', '.join(unknown)} is not a test protocol of {class_name} "
+                             f"(run {run.name}), whose protocols are {', '.join(known)}")
+
+
+def build_on_meta(run: Run) -> torch.nn.Module:
     """The run's net with shapes only: checks the model, counts its size (one build per distinct net)."""
-    return meta_model(experiment.setting(run, "model.model"), experiment.setting(run, "model.shortcut"),
-                      experiment.setting(run, "model.num_classes"))
+    return meta_model(run.setting("model.model"), run.setting("model.shortcut"), run.setting("model.num_classes"))
 
 
 def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[str]:
@@ -189,29 +230,30 @@ def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[st
         return []  # the recipe's devices
     # under torchrun and SLURM, Lightning checks these against the processes the launcher started
     args = ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(devices)]
-    return args + (["--trainer.strategy", "ddp"] if devices * nodes > 1 else [])
+    return args + ["--trainer.strategy", "ddp" if devices * nodes > 1 else "auto"]
 
 
-def describe(experiment: Experiment, run: Run, command: str) -> str:
-    net = build_on_meta(experiment, run)
-    model = experiment.setting(run, "model.model")
-    steps, batch = experiment.setting(run, "trainer.max_steps"), experiment.setting(run, "data.init_args.batch_size")
+def describe(run: Run, command: str) -> str:
+    net = build_on_meta(run)
+    model = run.setting("model.model")
+    steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
     flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
             f"{flops:.3g} training FLOPs\n  {command}")
 
 
-def launch_command(launcher: str, fit_args: list[str], nodes: int, devices: int) -> str:
-    """The command line that trains a run: here, under torchrun (on each node), or as SLURM's job step."""
-    fit = shlex.join(fit_args)
+def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, devices: int) -> str:
+    """The command line that trains (fit) or evaluates (test) a run: here, under torchrun (on each node), or as
+    SLURM's job step."""
+    line = f"{subcommand} {shlex.join(args)}"
     if launcher == "torchrun":
         return (f"torchrun --nnodes {nodes} --nproc_per_node {devices} --node_rank ${{NODE_RANK:-0}} "
                 f"--master_addr ${{MASTER_ADDR:-127.0.0.1}} --master_port ${{MASTER_PORT:-29500}} "
-                f"-m resnet_repro.cli fit {fit}")
-    return f"srun --kill-on-bad-exit=1 resnet-repro fit {fit}" if launcher == "slurm" else f"resnet-repro fit {fit}"
+                f"-m resnet_repro.cli {line}")
+    return f"srun --kill-on-bad-exit=1 resnet-repro {line}" if launcher == "slurm" else f"resnet-repro {line}"
 
 
-def slurm_script(experiment: Experiment, run: Run, run_dir: Path, command: str, nodes: int, devices: int) -> str:
+def slurm_script(experiment: Experiment, run: Run, run_dir: Path, commands: list[str], nodes: int, devices: int) -> str:
     # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the
     # job; the requeued job's `fit` resumes from last.ckpt in the run directory.
     return "\n".join([
@@ -224,17 +266,17 @@ def slurm_script(experiment: Experiment, run: Run, run_dir: Path, command: str, 
         "#SBATCH --requeue",
         f"#SBATCH --output={run_dir.absolute()}/slurm-%j.out",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        command,
+        *commands,
         "",
     ])
 
 
-def torchrun_script(run: Run, command: str, nodes: int) -> str:
+def torchrun_script(run: Run, commands: list[str], nodes: int) -> str:
     return "\n".join([
         "#!/bin/bash",
         f"# {run.name}: run on each of the {nodes} node(s), with NODE_RANK and MASTER_ADDR set for a multi-node job",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        command,
+        *commands,
         "",
     ])
 
@@ -250,16 +292,30 @@ def raise_sigterm(signum, frame) -> None:
     raise SIGTERMException()
 
 
-def train_here(fit_args: list[str]) -> int:
-    """`resnet-repro fit` in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
+def train_here(args: list[str]) -> int:
+    """`resnet-repro fit` (or `test`) in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
     is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
-    child = subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", "fit", *fit_args], preexec_fn=end_with_parent)
+    child = subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", *args], preexec_fn=end_with_parent)
     try:
         return child.wait()
     except BaseException:
         child.send_signal(signal.SIGTERM)
         child.wait()
         raise
+
+
+def run_in_this_process(args: list[str]) -> int:
+    """`resnet-repro fit` (or `test`) in this process, through the same entry point a child runs; the exit status.
+    A miniature's runs take seconds, and a fresh process would spend more than that importing torch."""
+    from .cli import main
+
+    try:
+        main(args)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            print(stop.code, file=sys.stderr)
+            return 1
+    return 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -272,7 +328,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="local: train here, one run after another; torchrun / slurm: write launch scripts")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their size and cost; start nothing")
     parser.add_argument("--submit", action="store_true", help="start the written scripts (bash / sbatch)")
-    parser.add_argument("--runs-root", type=Path, default=Path("runs"), help="where runs/<experiment>/<run>/ go")
+    parser.add_argument("--runs-root", type=Path, help="where <experiment>/<run>/ go (default runs, or runs-smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a miniature: every run for 4 iterations on small stand-in data in the dataset's real "
+                             "format, on the CPU in this process, then its evaluations; report makes the full report")
     return parser.parse_args(argv)
 
 
@@ -290,36 +349,52 @@ def run_command(argv: list[str]) -> None:
         raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")
 
     signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the child is stopped first
+    runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
     if args.dry_run:
         print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
               f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
+    else:
+        write_manifest(experiment, runs_root, args.experiment, args.smoke)
+    execute = run_in_this_process if args.smoke else train_here
     failed = []
     for run in runs:
-        run_dir = args.runs_root / experiment.name / run.name
-        devices = args.devices or experiment.setting(run, "trainer.devices") or 1
-        fit_args = run.fit_args(experiment.recipe, run_dir) + device_args(args.launcher, devices, args.nodes,
-                                                                         asked=args.devices is not None)
-        command = launch_command(args.launcher, fit_args, args.nodes, devices)
+        run_dir = runs_root / run.experiment / run.name
+        devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
+        extra = smoke_args(run, runs_root / ".standin-data" / experiment.name) if args.smoke else []
+        extra += device_args(args.launcher, devices, args.nodes, asked=args.devices is not None or args.smoke)
+        run_args = run.fit_args(run_dir) + extra
+        summary = read_summary(run_dir)
+        missing = [p for p in experiment.protocols if f"test/{p}/error" not in summary and p not in run.protocols]
+        evaluate_args = [*run.fit_args(run_dir, missing), *extra, "--ckpt_path", shown(last_checkpoint(run_dir))]
+        commands = [launch_command(args.launcher, "fit", run_args, args.nodes, devices)]
+        if missing:  # protocols of this experiment that the run's own experiment does not evaluate
+            commands.append(launch_command(args.launcher, "test", evaluate_args, args.nodes, devices))
         if args.dry_run:
-            print(describe(experiment, run, command))
-            continue
-        if read_summary(run_dir).get("status") == "finished":
-            print(f"{run.name}: finished, skipped")
+            print(describe(run, "\n  ".join(commands)))
             continue
         if args.launcher == "local":
-            print(f"{run.name}: {command}", flush=True)
-            # a run directory with a checkpoint resumes: fit does that itself
-            if train_here(fit_args) != 0:
+            if summary.get("status") == "finished":
+                print(f"{run.name}: finished, skipped" + (f"; evaluating {', '.join(missing)}" if missing else ""))
+            else:
+                print(f"{run.name}: {commands[0]}", flush=True)
+                # a run directory with a checkpoint resumes: fit does that itself
+                if execute(["fit", *run_args]) != 0:
+                    failed.append(run.name)
+                    continue
+            if missing and execute(["test", *evaluate_args]) != 0:
                 failed.append(run.name)
+            continue
+        if summary.get("status") == "finished" and not missing:
+            print(f"{run.name}: finished, skipped")
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.launcher == "torchrun":
             script = run_dir / "launch.sh"
-            script.write_text(torchrun_script(run, command, args.nodes))
+            script.write_text(torchrun_script(run, commands, args.nodes))
             submit = ["bash", str(script)]
         else:
             script = run_dir / "job.sbatch"
-            script.write_text(slurm_script(experiment, run, run_dir, command, args.nodes, devices))
+            script.write_text(slurm_script(experiment, run, run_dir, commands, args.nodes, devices))
             submit = ["sbatch", str(script)]
         print(f"{run.name}: wrote {shown(script)}")
         if args.submit and subprocess.run(submit).returncode != 0:
@@ -327,3 +402,34 @@ def run_command(argv: list[str]) -> None:
     if failed:
         sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
                  f"(rerun the same command to resume them)")
+
+
+# A miniature of a real run: the same code path, a few iterations on one CPU process, small stand-in data.
+SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2",
+              "--checkpoint.every_n_train_steps", "2", "--model.milestones", "[2, 3]", "--data.init_args.batch_size",
+              "8", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.benchmark", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def smoke_args(run: Run, data_root: Path) -> list[str]:
+    """The settings that make `run` a miniature: SMOKE_ARGS, and data of the run's kind written by the stand-in
+    writer next to its reader (in the dataset's real on-disk format) into `data_root/<data module>/`."""
+    module_name, _, class_name = run.setting("data.class_path").rpartition(".")
+    folder = data_root / class_name
+    writer = importlib.import_module(getattr(importlib.import_module(module_name), class_name).__module__).write_standin
+    shutil.rmtree(folder, ignore_errors=True)  # written afresh: small, and the same every time
+    settings = writer(folder)
+    data = [arg for key, value in settings.items()
+            for arg in (f"--data.init_args.{key}", value if isinstance(value, str) else json.dumps(value))]
+    return [*SMOKE_ARGS, *data]
+
+
+def write_manifest(experiment: Experiment, runs_root: Path, path: Path, smoke: bool) -> None:
+    """`runs/<experiment>/experiment.json`: which runs make up the experiment (some may live in another
+    experiment's folder), its test protocols, and whether it is a miniature; what `report` reads."""
+    folder = runs_root / experiment.name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(folder / "experiment.json", {
+        "experiment": experiment.name, "file": shown(path), "protocols": experiment.protocols, "smoke": smoke,
+        "runs": [os.path.relpath(runs_root / run.experiment / run.name, folder) for run in experiment.runs],
+    })

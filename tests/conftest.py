@@ -1,35 +1,23 @@
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from resnet_repro.cli import main
+from resnet_repro.data.cifar10 import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def write_cifar10(root: Path, per_batch: int = 40, test: int = 31, seed: int = 0) -> Path:
-    """A tiny CIFAR-10 in the exact on-disk format of cifar-10-batches-py (python pickles of uint8 rows)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
-        labels = rng.integers(0, 10, n)
-        # class-dependent brightness so that a net can learn something from it
-        data = np.clip(rng.normal(100 + 12 * labels[:, None], 30, (n, 3072)), 0, 255).astype(np.uint8)
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
-                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
-    return folder
+    """A tiny CIFAR-10 in the exact on-disk format; the folder of its batch files."""
+    write_standin(root, per_batch, test, seed)
+    return root / "cifar-10-batches-py"
 
 
 def fit(*args: str) -> None:

@@ -27,7 +27,7 @@ def write_experiment(folder: Path, name: str = "tiny", **spec) -> Path:
 def test_the_paper_experiments_are_all_there():
     names = {str(path.relative_to(REPO / "experiments")) for path in EXPERIMENT_FILES}
     assert {"cifar10/table6.yaml", "cifar10/fig6-plain.yaml", "imagenet/table2.yaml", "imagenet/table3.yaml",
-            "fashion/depth.yaml", "demo.yaml"} <= names
+            "imagenet/table4.yaml", "fashion/depth.yaml", "demo.yaml"} <= names
     for path in EXPERIMENT_FILES:  # the header says how to run it, on what, and what to expect
         header = path.read_text().split("\nrecipe:")[0]
         assert f"resnet-repro run {path.relative_to(REPO)}" in header and "Hardware:" in header, path
@@ -41,24 +41,9 @@ def test_table6_expands_into_named_runs():
         *(f"resnet110-s{seed}" for seed in range(5)), "resnet1202-s0"]
     assert experiment.runs[-1].settings["model.warmup"] is True  # the patch, which does not change the name
     table3 = load_experiment(REPO / "experiments/imagenet/table3.yaml")
-    assert [run.name for run in table3.runs][:4] == ["plain34-s0", "resnet34-A-s0", "resnet34-B-s0", "resnet34-C-s0"]
-
-
-@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
-def test_every_run_of_every_experiment_builds_through_lightning_cli(path, tmp_path):
-    from resnet_repro.cli import build_cli
-
-    experiment = load_experiment(path)
-    built = set()
-    for run in experiment.runs:
-        if tuple(run.settings.items()) in built:
-            continue  # another seed of the same settings
-        built.add(tuple(run.settings.items()))
-        args = run.fit_args(experiment.recipe, tmp_path / run.name)
-        cli = build_cli([*args, "--wandb", "false", "--trainer.accelerator", "cpu"], run=False)
-        assert cli.model.hparams.model == experiment.setting(run, "model.model")
-        assert cli.trainer.max_steps == experiment.setting(run, "trainer.max_steps")
-        assert type(cli.datamodule).__name__ == experiment.setting(run, "data.class_path").rsplit(".", 1)[-1]
+    assert [run.name for run in table3.runs] == ["resnet34-B-s0", "resnet34-C-s0", "resnet50-B-s0", "resnet101-B-s0",
+                                                 "resnet152-B-s0", "plain34-s0", "resnet34-A-s0"]
+    assert {run.experiment for run in table3.runs[-2:]} == {"imagenet-table2"}  # Table 2's runs, not trained twice
 
 
 def test_dry_run_prints_each_run_with_its_cost_and_command(capsys):

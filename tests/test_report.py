@@ -11,19 +11,26 @@ from resnet_repro.cli import main
 from resnet_repro.report import write as report_write
 from resnet_repro.report.collect import collect_runs
 from resnet_repro.report.figures import training_curves
-from resnet_repro.report.paper import paper_error
-from resnet_repro.report.tables import error_table
+from resnet_repro.report.paper import paper_numbers
+from resnet_repro.report.tables import error_table, findings
 
 
-def make_run(root, name, model, seed, status, test_errors, train_error=0.05, data="CIFAR10DataModule", steps=200):
+def make_run(root, name, model, seed, status, test_errors, train_error=0.05, data="CIFAR10DataModule", steps=200,
+             shortcut=None, evaluations=None, noise=0.0):
+    """A run directory with known numbers: `evaluations` {protocol: error}, else single_view at the last test
+    error; training error constant (plus alternating +-noise)."""
     run = root / name
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({
-        "status": status, "model": model, "shortcut": None, "seed": seed, "data": data, "params": 269_722,
+        "status": status, "model": model, "shortcut": shortcut, "seed": seed, "data": data, "params": 269_722,
         "steps": steps, "max_steps": 200, "git_revision": "abc123"}))
-    rows = [{"step": s, "train/error": train_error, "train/loss": 0.1, "lr": 0.1} for s in range(1, steps + 1)]
+    rows = [{"step": s, "train/error": train_error + noise * (-1) ** s, "train/loss": 0.1, "lr": 0.1}
+            for s in range(1, steps + 1)]
     rows += [{"step": 100 * (i + 1), "test/error": e, "val/error": e + 0.01} for i, e in enumerate(test_errors)]
     rows.append({"step": 100, "train/error": 0.5})  # a resumed run re-logs a step: the last row counts
+    for protocol, error in (evaluations or {"single_view": test_errors[-1]}).items():
+        rows += [{"step": steps, f"test/{protocol}/error": 0.99, f"test/{protocol}/images": 10_000},  # older
+                 {"step": steps, f"test/{protocol}/error": error, f"test/{protocol}/images": 10_000}]
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
 
 
@@ -38,41 +45,72 @@ def experiment(tmp_path):
     return root
 
 
+def table_of(*folders):
+    runs, evaluated, _ = collect_runs(list(folders))
+    return error_table(runs, evaluated)
+
+
 def test_the_table_cells(experiment):
-    table = error_table(collect_runs(experiment)[0]).set_index("model")
+    table = table_of(experiment).set_index("net")
     r20 = table.loc["resnet20"]
-    assert r20["runs"] == "2/3 finished; s2 failed" and r20["seeds"] == 2  # the failed run is not averaged in
-    assert r20["error mean"] == pytest.approx(8.5) and r20["error best"] == pytest.approx(8.0)
-    assert r20["error std"] == pytest.approx(math.sqrt(0.5))
-    assert r20["paper"] == 8.75 and r20["difference"] == pytest.approx(-0.25)
+    assert r20["runs"] == "2/3 finished; s2 failed"  # the failed run is not averaged in
+    assert r20["protocol"] == "single_view" and r20["metric"] == "top-1" and r20["test images"] == 10_000
+    assert r20["ours"] == f"8.50±{math.sqrt(0.5):.2f} (mean±std of 2)"  # the latest evaluation of each run
+    assert r20["statistic"] == "one run" and r20["paper"] == "8.75" and r20["source"] == "Table 6"
+    assert r20["difference"] == pytest.approx(-0.25)
+    assert r20["reference"] == "8.27" and r20["reference source"] == "akamaster/pytorch_resnet_cifar10"
     assert r20["params"] == 269_722 and r20["iterations"] == 200
     # the last 5% of iterations (10 of 200) at 5%; the re-logged step 100 keeps its last value, 50%
     assert r20["train error"] == pytest.approx(5.0)
     r56 = table.loc["resnet56"]
-    assert r56["runs"] == "0/1 finished; s0 running" and r56["seeds"] == 0
-    assert math.isnan(r56["error mean"]) and r56["paper"] == 6.97  # unfinished: shown, no error
+    assert r56["runs"] == "0/1 finished; s0 running" and r56["protocol"] == "not evaluated" and r56["ours"] == ""
     p20 = table.loc["plain20"]
-    assert p20["error mean"] == pytest.approx(12.0) and pd.isna(p20["paper"]) and math.isnan(p20["difference"])
-    assert math.isnan(p20["error std"])  # one seed
+    assert p20["ours"] == "12.00 (1 run)" and p20["paper"] == "" and math.isnan(p20["difference"])
+
+
+def test_best_of_n_and_mean_std_are_each_compared_with_their_own_statistic(tmp_path):
+    root = tmp_path / "runs" / "cifar10-table6"
+    for seed, error in enumerate([0.070, 0.066, 0.068, 0.064, 0.072]):
+        make_run(root, f"resnet110-s{seed}", "resnet110", seed, "finished", [error])
+    rows = table_of(root)
+    assert rows.statistic.tolist() == ["best of 5", "mean±std of 5"]
+    assert rows.ours.tolist() == ["6.40 (best of 5)", "6.80±0.32 (mean±std of 5)"]
+    assert rows.paper.tolist() == ["6.43", "6.61±0.16"]
+    assert rows.difference.tolist() == pytest.approx([6.40 - 6.43, 6.80 - 6.61])
+
+
+def test_table3_rows_are_keyed_by_shortcut_and_protocol(tmp_path):
+    root = tmp_path / "runs" / "imagenet-table3"
+    for name, model, shortcut in [("plain34-s0", "plain34", None), ("resnet34-A-s0", "resnet34", "A"),
+                                  ("resnet34-B-s0", "resnet34", "B"), ("resnet34-C-s0", "resnet34", "C")]:
+        make_run(root, name, model, 0, "finished", [0.3], data="ImageNetDataModule", shortcut=shortcut,
+                 evaluations={"center": 0.30, "ten_crop": 0.28})
+    table = table_of(root)
+    ten_crop = table[table.protocol == "ten_crop"].set_index("net")
+    assert ten_crop.paper.to_dict() == {"plain34": "28.54", "resnet34-A": "25.03", "resnet34-B": "24.52",
+                                        "resnet34-C": "24.19"}
+    assert ten_crop.loc["resnet34-B", "reference"] == "24.76"  # fb.resnet.torch, B shortcuts, 10-crop
+    assert (table[table.protocol == "center"].paper == "").all()  # the paper has no centre-crop numbers
 
 
 def test_a_resumed_runs_relogged_step_keeps_its_last_value(experiment):
-    curves = collect_runs(experiment)[1]
+    curves = collect_runs([experiment])[2]
     step100 = curves[(curves.run == "resnet20-s0") & (curves.metric == "train/error") & (curves.step == 100)]
     assert step100.value.tolist() == [0.5]
 
 
-def test_paper_numbers_by_dataset_and_shortcut():
-    assert paper_error("ImageNetDataModule", "resnet34", "A") == (25.03, 7.76)
-    assert paper_error("ImageNetDataModule", "resnet50", None) == (22.85, 6.71)  # default B
-    assert paper_error("ImageNetDataModule", "plain18", None) == (27.94, None)  # Table 2 only
-    assert paper_error("ImageNetDataModule", "resnet18", "B") == (None, None)
-    assert paper_error("CIFAR10DataModule", "resnet110", None) == (6.43, None)
-    assert paper_error("FashionMNISTDataModule", "resnet20", None) == (None, None)  # no paper numbers there
+def test_paper_numbers_by_dataset_shortcut_and_protocol():
+    assert paper_numbers("ImageNetDataModule", "resnet34", "A", "ten_crop")[0]["top1"] == 25.03
+    assert paper_numbers("ImageNetDataModule", "resnet50", None, "ten_crop")[0]["top5"] == 6.71  # default B
+    assert paper_numbers("ImageNetDataModule", "resnet50", None, "multi_scale")[0]["top1"] == 20.74  # Table 4
+    assert paper_numbers("ImageNetDataModule", "resnet34", "B", "center") == []
+    assert paper_numbers("ImageNetDataModule", "plain18", None, "ten_crop")[0]["source"] == "Table 2"
+    assert paper_numbers("ImageNetDataModule", "resnet18", "B", "ten_crop") == []
+    assert paper_numbers("FashionMNISTDataModule", "resnet20", None, "single_view") == []
 
 
 def test_the_figure_has_a_panel_per_family_with_dashed_train_and_bold_test_curves(experiment):
-    runs, curves = collect_runs(experiment)
+    runs, _, curves = collect_runs([experiment])
     figure = training_curves(runs, curves)
     plain, resnet = figure.axes
     assert plain.get_title() == "plain" and resnet.get_title() == "ResNet"
@@ -85,6 +123,46 @@ def test_the_figure_has_a_panel_per_family_with_dashed_train_and_bold_test_curve
     plt.close(figure)
 
 
+def test_figure6_has_the_papers_three_panels_from_two_folders(tmp_path):
+    residual, plain = tmp_path / "runs" / "cifar10-table6", tmp_path / "runs" / "cifar10-fig6-plain"
+    for model in ["resnet20", "resnet110", "resnet1202"]:
+        make_run(residual, f"{model}-s0", model, 0, "finished", [0.1])
+    make_run(plain, "plain20-s0", "plain20", 0, "finished", [0.2])
+    runs, _, curves = collect_runs([residual, plain])
+    figure = training_curves(runs, curves)
+    assert [ax.get_title() for ax in figure.axes] == ["plain", "ResNet", "ResNet-110 vs 1202"]
+    labels = [[line.get_label() for line in ax.lines if line.get_label().endswith("test")] for ax in figure.axes]
+    assert labels == [["plain20 test"], ["resnet20 test", "resnet110 test"], ["resnet110 test", "resnet1202 test"]]
+    plt.close(figure)
+
+
+def test_imagenet_curves_are_the_validation_curves(tmp_path):
+    root = tmp_path / "runs" / "imagenet-table2"
+    make_run(root, "plain18-s0", "plain18", 0, "finished", [0.3], data="ImageNetDataModule",
+             evaluations={"ten_crop": 0.28})
+    runs, _, curves = collect_runs([root])
+    curves = curves[curves.metric != "test/error"]  # ImageNet logs validation during training, no test set
+    figure = training_curves(runs, curves)
+    assert [line.get_label() for line in figure.axes[0].lines] == ["plain18 train", "plain18 val"]
+    assert figure.axes[0].lines[1].get_ydata().tolist() == pytest.approx([31.0])  # not the 10-crop point
+    plt.close(figure)
+
+
+def test_findings_say_holds_only_beyond_their_noise(tmp_path):
+    root = tmp_path / "runs" / "cifar10-mini"
+    make_run(root, "plain20-s0", "plain20", 0, "finished", [0.1], train_error=0.070, noise=0.02)
+    make_run(root, "plain56-s0", "plain56", 0, "finished", [0.1], train_error=0.071, noise=0.02)
+    make_run(root, "resnet20-s0", "resnet20", 0, "finished", [0.1], train_error=0.030, noise=0.002)
+    make_run(root, "resnet56-s0", "resnet56", 0, "running", [0.1])
+    runs, _, curves = collect_runs([root])
+    lines = findings(runs, curves)
+    assert len(lines) == 2  # resnet56 is unfinished: not compared
+    assert lines[0].startswith("Degradation: plain20 trains better than plain56: +0.10 points of training error [")
+    assert lines[0].endswith("(1 and 1 seeds): cannot tell (within the noise).")  # 0.1 points in a +-2 point noise
+    assert lines[1].startswith("Residual learning: resnet20 trains better than plain20: +4.00 points")
+    assert lines[1].endswith(": holds.")
+
+
 def test_report_command_writes_table_figure_and_readme(experiment, tmp_path, capsys):
     out = tmp_path / "results" / "mini"
     main(["report", str(experiment), "--out", str(out)])
@@ -92,7 +170,7 @@ def test_report_command_writes_table_figure_and_readme(experiment, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == [".resnet-repro-output", "README.md", "curves.png", "table.csv", "table.md"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.imread(out / "curves.png").ndim == 3
-    assert pd.read_csv(out / "table.csv").set_index("model").loc["resnet20", "error mean"] == pytest.approx(8.5)
+    assert pd.read_csv(out / "table.csv").set_index("net").loc["resnet20", "difference"] == pytest.approx(-0.25)
     readme = (out / "README.md").read_text()
     assert f"resnet-repro report {experiment} --out {out}" in readme and "`resnet20-s2`: failed" in readme
 
@@ -127,6 +205,7 @@ class FakeWandbRun:
         self.summary = {"trainer/global_step": 200}
         self.history = [{"trainer/global_step": s, "train/error": 0.05, "lr": 0.1} for s in range(1, 201)]
         self.history += [{"trainer/global_step": 100 * (i + 1), "test/error": e, "epoch": 0} for i, e in enumerate(errors)]
+        self.history.append({"trainer/global_step": 200, "test/single_view/error": errors[-1] - 0.005})
 
     def scan_history(self):
         return iter(self.history)
@@ -146,19 +225,8 @@ def test_the_same_table_from_wandb_runs(monkeypatch):
     monkeypatch.setattr(wandb, "Api", FakeApi)
     from resnet_repro.report.collect import collect_wandb
 
-    runs, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
+    runs, evaluated, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
     assert asked == {"path": "me/resnet-repro", "filters": {"group": "cifar10-mini"}}
-    row = error_table(runs).iloc[0]
-    assert row["runs"] == "1/2 finished; s1 failed" and row["error mean"] == pytest.approx(9.0)
-    assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == 8.75
-
-
-def test_findings_are_checked_on_the_training_error(experiment):
-    make_run(experiment, "plain56-s0", "plain56", 0, "finished", [0.4], train_error=0.45)
-    from resnet_repro.report.tables import findings
-
-    lines = findings(error_table(collect_runs(experiment)[0]))
-    assert lines == [
-        "Degradation: plain56 trains worse than plain20: 45.00% vs 7.00% training error: holds.",
-        "Residual learning: resnet20 trains better than plain20: 5.00% vs 7.00% training error: holds.",
-    ]  # resnet56 is unfinished: not compared
+    row = error_table(runs, evaluated).iloc[0]
+    assert row["runs"] == "1/2 finished; s1 failed" and row["ours"] == "8.50 (1 run)"
+    assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == "8.75"

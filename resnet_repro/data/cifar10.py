@@ -73,3 +73,21 @@ class CIFAR10DataModule(SmallImageDataModule):
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.prepare_data()  # setup without a trainer (a notebook, a test) still finds or fetches the data
         return (*read_cifar_batches(self.folder, TRAIN_FILES), *read_cifar_batches(self.folder, [TEST_FILE]))
+
+
+def write_standin(data_dir: Path, per_batch: int = 40, test: int = 31, seed: int = 0) -> dict:
+    """A tiny CIFAR-10 in the exact on-disk format of cifar-10-batches-py (pickled dicts of uint8 rows and label
+    lists, five training batches and a test batch), for tests and miniatures; returns the data module's
+    settings for it. Brightness depends on the class, so that a net can learn something from it."""
+    rng = np.random.default_rng(seed)
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [*((name, per_batch) for name in TRAIN_FILES), (TEST_FILE, test)]:
+        labels = rng.integers(0, 10, n)
+        data = np.clip(rng.normal(100 + 12 * labels[:, None], 30, (n, 3072)), 0, 255).astype(np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return {"data_dir": str(data_dir), "download": False, "val_size": 20}

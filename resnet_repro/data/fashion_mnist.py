@@ -71,3 +71,19 @@ class FashionMNISTDataModule(SmallImageDataModule):
         train_x, train_y, test_x, test_y = find_idx_files(self.folders)
         return (to_rgb32(read_idx(train_x)), checked_labels(read_idx(train_y).long(), train_y),
                 to_rgb32(read_idx(test_x)), checked_labels(read_idx(test_y).long(), test_y))
+
+
+def write_standin(data_dir: Path, train: int = 240, test: int = 60, seed: int = 0) -> dict:
+    """A tiny Fashion-MNIST in torchvision's layout (`FashionMNIST/raw/*-idx?-ubyte.gz`, the idx format: magic
+    number, big-endian sizes, bytes); returns the data module's settings for it."""
+    rng = np.random.default_rng(seed)
+    folder = Path(data_dir) / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for prefix, n in [("train", train), ("t10k", test)]:
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.clip(rng.normal(60 + 15 * labels[:, None, None], 40, (n, 28, 28)), 0, 255).astype(np.uint8)
+        for kind, array in [("images-idx3", images), ("labels-idx1", labels)]:
+            header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.tobytes())
+    return {"data_dir": str(data_dir), "download": False, "val_size": 40}

@@ -73,12 +73,20 @@ def to_normalized_float() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, std=(1.0, 1.0, 1.0))]
 
 
-def train_transform() -> v2.Compose:
+PAPER_CROP = 224  # the paper's crop; every other size of the pipeline is given for it
+
+
+def scaled(size: int, crop_size: int) -> int:
+    """A size of the paper's pipeline (for 224 crops) for crops of `crop_size`: small images for a miniature."""
+    return round(size * crop_size / PAPER_CROP)
+
+
+def train_transform(crop_size: int = PAPER_CROP) -> v2.Compose:
     # geometry on uint8 images (cheaper), then floats; torch.randint's upper bound is exclusive, hence 481
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResize(256, 481),
-        v2.RandomCrop(224),
+        v2.RandomResize(scaled(256, crop_size), scaled(480, crop_size) + 1),
+        v2.RandomCrop(crop_size),
         v2.RandomHorizontalFlip(),
         v2.ToDtype(torch.float32, scale=True),
         PCALighting(alpha_std=0.1),
@@ -86,13 +94,15 @@ def train_transform() -> v2.Compose:
     ])
 
 
-def eval_transform(mode: str, scales: tuple[int, ...]) -> v2.Compose:
+def eval_transform(mode: str, scales: tuple[int, ...], crop_size: int = PAPER_CROP) -> v2.Compose:
+    resize = v2.Resize(scaled(256, crop_size))
     if mode == "center":
-        return v2.Compose([v2.ToImage(), v2.Resize(256), v2.CenterCrop(224), *to_normalized_float()])
+        return v2.Compose([v2.ToImage(), resize, v2.CenterCrop(crop_size), *to_normalized_float()])
     if mode == "ten_crop":  # 10 x 3 x 224 x 224 per image
-        return v2.Compose([v2.ToImage(), v2.Resize(256), v2.TenCrop(224), *to_normalized_float(), torch.stack])
+        return v2.Compose([v2.ToImage(), resize, v2.TenCrop(crop_size), *to_normalized_float(), torch.stack])
     if mode == "multi_scale":  # one 3 x H_s x W_s image per scale
-        return v2.Compose([v2.ToImage(), MultiScale(scales), *to_normalized_float()])
+        return v2.Compose([v2.ToImage(), MultiScale(tuple(scaled(s, crop_size) for s in scales)),
+                           *to_normalized_float()])
     raise ValueError(f"eval_mode {mode!r} is not one of center, ten_crop, multi_scale")
 
 
@@ -115,15 +125,19 @@ class ImageNetDataModule(L.LightningDataModule):
 
     Batch sizes are global: each of the W ranks takes batch_size // W training images. Run the trainer
     with `use_distributed_sampler=False`: the samplers here already split the data over the ranks.
+    `crop_size` other than the paper's 224 scales every size of the pipeline with it (a miniature's images).
     """
 
     val_splits = ["val"]  # the validation set is the test set; no separate split is held out
+    protocols = ("center", "ten_crop", "multi_scale")
 
     def __init__(self, data_dir: str, batch_size: PositiveInt = 256, eval_batch_size: PositiveInt = 64,
                  num_workers: NonNegativeInt = 8,
                  eval_mode: Literal["center", "ten_crop", "multi_scale"] = "ten_crop",
-                 scales: tuple[int, ...] = (224, 256, 384, 480, 640), seed: int = 0):
+                 scales: tuple[int, ...] = (224, 256, 384, 480, 640), crop_size: PositiveInt = PAPER_CROP,
+                 seed: int = 0):
         super().__init__()
+        self.crop_size = crop_size
         self.data_dir, self.batch_size, self.eval_batch_size = data_dir, batch_size, eval_batch_size
         self.num_workers, self.eval_mode, self.scales, self.seed = num_workers, eval_mode, tuple(scales), seed
         self.train_set: ImageFolder | None = None
@@ -136,6 +150,13 @@ class ImageNetDataModule(L.LightningDataModule):
     @property
     def eval_protocol(self) -> str:
         return self.eval_mode
+
+    def use_protocol(self, protocol: str) -> None:
+        """Evaluate under another of the paper's test protocols from now on (the next setup builds its images)."""
+        if protocol not in self.protocols:
+            raise ValueError(f"ImageNet is tested by {', '.join(self.protocols)}, not {protocol!r}")
+        if protocol != self.eval_mode:
+            self.eval_mode, self.val_set = protocol, None
 
     def image_folder(self, split: str, transform: v2.Compose) -> ImageFolder:
         folder = Path(self.data_dir) / split
@@ -151,9 +172,9 @@ class ImageNetDataModule(L.LightningDataModule):
         if stage == "fit" and self.batch_size % self.world_size:
             raise ValueError(f"batch_size {self.batch_size} is global and must divide by the {self.world_size} ranks")
         if self.val_set is None:
-            self.val_set = self.image_folder("val", eval_transform(self.eval_mode, self.scales))
+            self.val_set = self.image_folder("val", eval_transform(self.eval_mode, self.scales, self.crop_size))
         if stage == "fit" and self.train_set is None:
-            self.train_set = self.image_folder("train", train_transform())
+            self.train_set = self.image_folder("train", train_transform(self.crop_size))
             if self.train_set.classes != self.val_set.classes:  # labels are folder indices: they must agree
                 raise ValueError(f"{self.data_dir}/train and {self.data_dir}/val hold different class folders, "
                                  f"so their labels would not match")
@@ -181,3 +202,22 @@ class ImageNetDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader()
+
+
+def write_standin(folder: Path, classes: int = 5, train_per_class: int = 8, val_per_class: int = 3) -> dict:
+    """A small ImageNet stand-in in the real on-disk layout (`train/` and `val/` folders of class folders of
+    JPEGs, WordNet-style folder names, images of various sizes and aspect ratios); returns the data
+    module's settings for it, at 32-pixel crops so that a miniature of an ImageNet experiment runs on a CPU."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in [("train", train_per_class), ("val", val_per_class)]:
+        for label in range(classes):
+            class_dir = Path(folder) / split / f"n{label:08d}"
+            class_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                height, width = 40 + 8 * (i % 3), 40 + 8 * ((i + 1) % 3)
+                # a class-dependent colour plus noise, so that a net can learn a little in a few iterations
+                pixels = (torch.rand(height, width, 3, generator=generator) * 80 + 40 * label).clamp(0, 255)
+                Image.fromarray(pixels.to(torch.uint8).numpy()).save(class_dir / f"{split}_{label}_{i}.JPEG")
+    return {"data_dir": str(folder), "num_workers": 0, "crop_size": 32}

@@ -128,6 +128,7 @@ class SmallImageDataModule(L.LightningDataModule):
 
     split_seed = 0
     eval_protocol = "single_view"  # the paper's CIFAR-10 test: each original test image, once
+    protocols = ("single_view",)
 
     def __init__(self, batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, val_size: NonNegativeInt = 5000,
                  train_on_all: bool = False, seed: int = 0):
@@ -139,6 +140,10 @@ class SmallImageDataModule(L.LightningDataModule):
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(train images N x 3 x 32 x 32 uint8, train labels int64, test images, test labels)."""
         raise NotImplementedError
+
+    def use_protocol(self, protocol: str) -> None:
+        if protocol not in self.protocols:
+            raise ValueError(f"{type(self).__name__} is tested by {', '.join(self.protocols)}, not {protocol!r}")
 
     @property
     def rank_and_world_size(self) -> tuple[int, int]:

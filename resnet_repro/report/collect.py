@@ -1,6 +1,9 @@
-"""Run directories (or W&B runs) into two tidy DataFrames: one row per run, and the curves of all runs."""
+"""Run directories (or W&B runs) into tidy DataFrames: one row per run, one row per evaluation under a test
+protocol, and the curves of all runs."""
 
 import io
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -8,13 +11,16 @@ import pandas as pd
 
 from ..rundir import read_summary
 
-RUN_COLUMNS = ["run", "model", "shortcut", "seed", "data", "status", "params", "steps", "max_steps",
-               "train_error", "error", "top5_error", "eval_metric", "git_revision", "command"]
+RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
+               "max_steps", "train_error", "git_revision", "command"]
+EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
+PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
 
 
 def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
     """Logged rows (a step column and one column per metric) to one row per step and metric name; a step
-    logged twice (a resumed run re-logs the iterations after its last checkpoint) keeps its last value."""
+    logged twice (a resumed run re-logs the iterations after its last checkpoint, an evaluation repeated on the
+    same weights) keeps its last value."""
     metrics = [c for c in wide.columns if c.startswith(("train/", "val/", "test/")) or c == "lr"]
     long = wide.melt(id_vars="step", value_vars=metrics, var_name="metric", value_name="value")
     long = long.dropna(subset=["value"]).astype({"step": int, "value": float})
@@ -49,52 +55,72 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return tidy_metrics(wide)
 
 
-def final_train_error(curves: pd.DataFrame, fraction: float = 0.05) -> float:
-    """Mean training error over the last `fraction` of the logged iterations (one batch is a noisy estimate)."""
-    train = curves[curves.metric == "train/error"]
-    if train.empty:
-        return float("nan")
-    return train.value.tail(max(1, round(len(train) * fraction))).mean()
+def final_train_window(curves: pd.DataFrame, fraction: float = 0.05) -> pd.Series:
+    """The per-iteration training errors of the last `fraction` of the logged iterations: their mean is a run's
+    final training error (one batch is a noisy estimate), their spread its batch-to-batch noise."""
+    train = curves[curves.metric == "train/error"].value
+    return train.tail(max(1, round(len(train) * fraction))) if len(train) else train
 
 
-def last(curves: pd.DataFrame, metric: str) -> float:
-    values = curves[curves.metric == metric].value
-    return values.iloc[-1] if len(values) else float("nan")
+def evaluations(name: str, metrics: pd.DataFrame) -> list[dict]:
+    """The latest evaluation of a run under each test protocol it was evaluated under (`test/<protocol>/...`)."""
+    found = {}
+    for row in metrics.itertuples():
+        match = PROTOCOL_METRIC.match(row.metric)
+        if match:  # rows are sorted by step: the last one of a protocol is its latest evaluation
+            found.setdefault(match["protocol"], {"run": name, "protocol": match["protocol"]})
+            found[match["protocol"]].update({match["name"]: row.value, "step": row.step})
+    return list(found.values())
 
 
-def collect_runs(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, curves) of every run directory below `experiment_dir`. A run's error is the last logged test error
-    (the test set during fit, or a later `resnet-repro test`), else the last validation error; errors are
+def run_dirs(folder: Path) -> list[Path]:
+    """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder),
+    else every run directory in the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
+    manifest = folder / "experiment.json"
+    if manifest.is_file():
+        return [(folder / path).resolve() for path in json.loads(manifest.read_text())["runs"]]
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def collect_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, evaluations, curves) of the runs of one or more experiment folders (each run once). Errors are
     fractions. Runs without a finished summary keep their status (running, failed, not started)."""
-    found = []
-    for run_dir in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
-        summary, metrics = read_summary(run_dir), read_metrics(run_dir)
-        if summary or not metrics.empty:  # else not a run directory
-            found.append((run_dir.name, summary, metrics))
+    found, seen = [], set()
+    for folder in folders:
+        for run_dir in run_dirs(folder):
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            summary, metrics = read_summary(run_dir), read_metrics(run_dir)
+            if summary or not metrics.empty or (Path(folder) / "experiment.json").is_file():
+                found.append((run_dir.name, summary, metrics))
     if not found:
-        raise FileNotFoundError(f"no run directories in {experiment_dir}: run an experiment first "
+        raise FileNotFoundError(f"no run directories in {', '.join(map(str, folders))}: run an experiment first "
                                 f"(resnet-repro run experiments/...)")
     return tabulate_runs(found)
 
 
-def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(name, summary, tidy metrics) of each run into the (runs, curves) frames."""
-    runs = []
+def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(name, summary, tidy metrics) of each run into the (runs, evaluations, curves) frames."""
+    runs, evaluated = [], []
     for name, summary, metrics in found:
-        eval_metric = "test" if (metrics.metric == "test/error").any() else "val"
         runs.append({
-            "run": name, "model": summary.get("model"), "shortcut": summary.get("shortcut"),
-            "seed": summary.get("seed"), "data": summary.get("data"), "status": summary.get("status", "not started"),
+            "run": name, "group": re.sub(r"-s\d+$", "", name), "experiment": summary.get("experiment"),
+            "model": summary.get("model"), "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
+            "data": summary.get("data"), "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
-            "train_error": final_train_error(metrics), "error": last(metrics, f"{eval_metric}/error"),
-            "top5_error": last(metrics, f"{eval_metric}/top5_error"), "eval_metric": eval_metric,
-            "git_revision": summary.get("git_revision"), "command": summary.get("command"),
+            "train_error": final_train_window(metrics).mean(), "git_revision": summary.get("git_revision"),
+            "command": summary.get("command"),
         })
+        evaluated += evaluations(name, metrics)
     curves = pd.concat([metrics.assign(run=name) for name, _, metrics in found], ignore_index=True)
-    return pd.DataFrame(runs, columns=RUN_COLUMNS), curves
+    return (pd.DataFrame(runs, columns=RUN_COLUMNS), pd.DataFrame(evaluated, columns=EVALUATION_COLUMNS), curves)
 
 
-def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The same frames from the W&B runs of one group (an experiment), through W&B's public API: the run's
     resolved config (logged at its start), its state, and its full metric history."""
     import wandb
@@ -108,9 +134,9 @@ def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame]
         history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
         params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
         summary = {
-            "model": model["model"], "shortcut": model.get("shortcut"), "seed": config.get("seed_everything"),
-            "data": config["data"]["class_path"].rsplit(".", 1)[-1], "params": params,
-            "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
+            "experiment": group, "model": model["model"], "shortcut": model.get("shortcut"),
+            "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
+            "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
             "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
             "git_revision": None,
         }

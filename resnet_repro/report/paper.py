@@ -45,14 +45,36 @@ FB_RESNET_TORCH_TOP1_TOP5 = {"resnet18": (28.22, 9.42), "resnet34": (24.76, 7.35
                              "resnet101": (21.08, 5.35), "resnet152": (20.69, 5.21)}
 
 
-def paper_error(data: str, model: str, shortcut: str | None) -> tuple[float | None, float | None]:
-    """The paper's (top-1, top-5) error for a net trained on a data module, or None where it publishes none.
-    Only CIFAR-10 and ImageNet runs are compared: the paper has no numbers for the other datasets."""
-    if data == "CIFAR10DataModule":
-        return TABLE6_ERROR.get(model), None
-    if data == "ImageNetDataModule":
-        key = (model, None if model.startswith("plain") else shortcut or "B")
-        if key in TABLE3_TOP1_TOP5:
-            return TABLE3_TOP1_TOP5[key]
-        return TABLE2_TOP1.get(model) if key[1] in (None, "A") else None, None
-    return None, None
+def paper_numbers(data: str, model: str, shortcut: str | None, protocol: str) -> list[dict]:
+    """The paper's numbers for a net under one test protocol, each with the statistic it is (a single run,
+    the best of N, a mean and std over N) and its table: [] where the paper publishes none for that protocol.
+    Only CIFAR-10 (single view: Table 6) and ImageNet (10-crop: Tables 2, 3; multi-scale: Table 4) compare."""
+    if data == "CIFAR10DataModule" and protocol == "single_view" and model in TABLE6_ERROR:
+        if model == "resnet110":
+            mean, std = TABLE6_RESNET110_MEAN_STD
+            return [{"statistic": "best of 5", "top1": TABLE6_ERROR[model], "source": "Table 6"},
+                    {"statistic": "mean±std of 5", "top1": mean, "top1_std": std, "source": "Table 6"}]
+        return [{"statistic": "one run", "top1": TABLE6_ERROR[model], "source": "Table 6"}]
+    if data != "ImageNetDataModule":
+        return []
+    key = (model, None if model.startswith("plain") else shortcut or "B")
+    if protocol == "ten_crop" and key in TABLE3_TOP1_TOP5:
+        top1, top5 = TABLE3_TOP1_TOP5[key]
+        return [{"statistic": "one run", "top1": top1, "top5": top5, "source": "Table 3"}]
+    if protocol == "ten_crop" and model in TABLE2_TOP1 and key[1] in (None, "A"):
+        return [{"statistic": "one run", "top1": TABLE2_TOP1[model], "source": "Table 2"}]
+    if protocol == "multi_scale" and key in TABLE4_TOP1_TOP5:
+        top1, top5 = TABLE4_TOP1_TOP5[key]
+        return [{"statistic": "one run", "top1": top1, "top5": top5, "source": "Table 4"}]
+    return []
+
+
+def reference_number(data: str, model: str, shortcut: str | None, protocol: str) -> dict | None:
+    """A reference reproduction's (top-1, top-5) error under the same protocol, with its name, or None."""
+    if data == "CIFAR10DataModule" and protocol == "single_view" and model in PYTORCH_CIFAR10_REPRODUCTION_ERROR:
+        return {"top1": PYTORCH_CIFAR10_REPRODUCTION_ERROR[model], "source": "akamaster/pytorch_resnet_cifar10"}
+    if data == "ImageNetDataModule" and protocol == "ten_crop" and model in FB_RESNET_TORCH_TOP1_TOP5 \
+            and (shortcut or "B") == "B":
+        top1, top5 = FB_RESNET_TORCH_TOP1_TOP5[model]
+        return {"top1": top1, "top5": top5, "source": "facebookarchive/fb.resnet.torch"}
+    return None

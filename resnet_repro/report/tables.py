@@ -1,9 +1,14 @@
-"""The experiment's table: one row per net, measured error over seeds next to the paper's number."""
+"""The experiment's table (our numbers beside the paper's and a reference reproduction's, under the same test
+protocol and as the same statistic) and the paper's findings, each checked against its noise."""
 
+import numpy as np
 import pandas as pd
 
 from ..models import get_spec
-from .paper import paper_error
+from .collect import final_train_window
+from .paper import paper_numbers, reference_number
+
+BOOTSTRAP_SAMPLES = 2000
 
 
 def describe_runs(group: pd.DataFrame) -> str:
@@ -14,62 +19,110 @@ def describe_runs(group: pd.DataFrame) -> str:
     return "; ".join([f"{finished}/{len(group)} finished", *others])
 
 
-def error_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Errors in percent. Mean, std (over seeds, ddof=1) and best are over finished runs only; a row whose
-    runs are not all finished says so in its `runs` cell, and one with none finished has no error."""
+def ours_as(statistic: str, errors: pd.Series) -> tuple[str, float]:
+    """Our errors (percent, one per finished seed) as the paper's statistic: (text, the number compared)."""
+    n = len(errors)
+    if n == 0:
+        return "", float("nan")
+    if statistic.startswith("best of"):
+        return f"{errors.min():.2f} (best of {n})", errors.min()
+    if n == 1:
+        return f"{errors.iloc[0]:.2f} (1 run)", errors.iloc[0]
+    return f"{errors.mean():.2f}±{errors.std(ddof=1):.2f} (mean±std of {n})", errors.mean()
+
+
+def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
+    """One row per (net, test protocol, metric, paper statistic), in percent, over the finished runs' latest
+    evaluation under that protocol. A paper number that is the best of N is set beside our best, a mean±std
+    beside our mean±std, a single run beside our mean (the only estimate of one run's value we have)."""
     rows = []
-    keys = runs[["model", "shortcut"]].astype(str).apply(tuple, axis=1)
-    for _, group in runs.groupby(keys, sort=False):
-        done = group[group.status == "finished"]
-        first = group.iloc[0]
-        paper_top1, paper_top5 = paper_error(first.data, first.model, first.shortcut)
-        error = 100 * done.error
-        row = {
-            "model": first.model,
-            "shortcut": first.shortcut,
-            "runs": describe_runs(group),
-            "seeds": len(done),
-            "error mean": error.mean(),
-            "error std": error.std(ddof=1),
-            "error best": error.min(),
-            "paper": paper_top1,
-            "difference": error.mean() - paper_top1 if paper_top1 is not None else float("nan"),
-            "train error": 100 * done.train_error.mean(),
-            "params": first.params,
-            "iterations": done.steps.max() if len(done) else first.max_steps,
-        }
-        if group.top5_error.notna().any():
-            row["top-5 mean"], row["paper top-5"] = 100 * done.top5_error.mean(), paper_top5
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for group_name, group in runs.groupby("group", sort=False):
+        first, done = group.iloc[0], group[group.status == "finished"]
+        results = evaluated[evaluated.run.isin(done.run)]
+        for protocol in results.protocol.unique() if len(results) else [None]:
+            here = results[results.protocol == protocol]
+            base = {"net": group_name, "protocol": protocol or "not evaluated", "runs": describe_runs(group),
+                    "train error": 100 * done.train_error.mean(), "params": first.params,
+                    "iterations": done.steps.max() if len(done) else first.max_steps,
+                    "test images": here.images.max() if len(here) else float("nan")}
+            papers = paper_numbers(first.data, first.model, first.shortcut, protocol) if protocol else []
+            reference = reference_number(first.data, first.model, first.shortcut, protocol) if protocol else None
+            for metric, column, key in [("top-1", "error", "top1"), ("top-5", "top5_error", "top5")]:
+                errors = 100 * here[column].dropna()
+                if metric == "top-5" and errors.empty:
+                    continue
+                for paper in [p for p in papers if key in p] or [{}]:
+                    statistic = paper.get("statistic", "")
+                    text, value = ours_as(statistic, errors)
+                    number = paper.get(key)
+                    rows.append({**base, "metric": metric, "ours": text, "statistic": statistic,
+                                 "paper": (f"{number:.2f}±{paper['top1_std']:.2f}" if "top1_std" in paper and
+                                           key == "top1" else f"{number:.2f}") if number is not None else "",
+                                 "source": paper.get("source", ""),
+                                 "difference": value - number if number is not None else float("nan"),
+                                 "reference": f"{reference[key]:.2f}" if reference and key in reference else "",
+                                 "reference source": reference["source"] if reference and key in reference else ""})
+    columns = ["net", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
+               "reference", "reference source", "train error", "test images", "params", "iterations"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Markdown with errors to two decimals; empty cells where there is nothing to show."""
+    """Markdown with numbers to two decimals; empty cells where there is nothing to show."""
     shown = table.astype(object).where(table.notna(), "")
-    for column in table.columns:
-        if table[column].dtype.kind == "f" and column not in ("params", "iterations"):
-            shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{x:.2f}")
-    for column in ("params", "iterations"):
+    for column in ("difference", "train error"):
+        shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{x:+.2f}" if column == "difference"
+                                          else f"{x:.2f}")
+    for column in ("params", "iterations", "test images"):
         shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{int(x):,}")
     return shown.to_markdown(index=False, disable_numparse=True)  # keep "3.00" as written
 
 
-def findings(table: pd.DataFrame) -> list[str]:
-    """The paper's two findings, checked on the finished nets' final training error: a deeper plain net trains
-    worse than a shallower one (degradation), and a residual net trains better than its plain twin."""
-    done = table[table.seeds > 0].set_index("model")["train error"]
-    depth = {model: get_spec(model).depth for model in done.index}
-    plain = sorted((m for m in done.index if m.startswith("plain")), key=depth.get)
-    lines = []
-    for shallow, deep in zip(plain, plain[1:]):
-        holds = "holds" if done[deep] > done[shallow] else "does not hold"
-        lines.append(f"Degradation: {deep} trains worse than {shallow}: {done[deep]:.2f}% vs {done[shallow]:.2f}% "
-                     f"training error: {holds}.")
-    for model in done.index:
-        twin = model.replace("resnet", "plain")
-        if model.startswith("resnet") and twin in done.index:
-            holds = "holds" if done[model] < done[twin] else "does not hold"
-            lines.append(f"Residual learning: {model} trains better than {twin}: {done[model]:.2f}% vs "
-                         f"{done[twin]:.2f}% training error: {holds}.")
+def bootstrap_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95% bootstrap interval, where a and b are lists of per-seed samples: seeds are
+    resampled, then the samples within each resampled seed (with one seed, only the samples: the interval then
+    holds the within-run noise and not the seed-to-seed spread)."""
+    rng = np.random.default_rng(seed)
+
+    def resampled_means(groups: list[np.ndarray]) -> np.ndarray:
+        means = np.empty(BOOTSTRAP_SAMPLES)
+        for i in range(BOOTSTRAP_SAMPLES):
+            picked = [groups[j] for j in rng.integers(0, len(groups), len(groups))]
+            means[i] = np.mean([rng.choice(g, len(g)).mean() for g in picked])
+        return means
+
+    differences = resampled_means(a) - resampled_means(b)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(np.mean([g.mean() for g in a]) - np.mean([g.mean() for g in b])), float(low), float(high)
+
+
+def verdict(low: float, high: float) -> str:
+    """For a claim that a difference is positive: its 95% interval above 0, below 0, or across it."""
+    return "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell (within the noise)"
+
+
+def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+    """The paper's two findings on the finished nets' final training error (the last 5% of iterations, per
+    seed): a deeper plain net trains worse than a shallower one (degradation), and a residual net trains
+    better than its plain twin; each with a 95% bootstrap interval over seeds and iterations."""
+    done = runs[(runs.status == "finished") & runs.model.notna()]
+    samples = {}
+    for model, group in done.groupby("model"):
+        samples[model] = [100 * final_train_window(curves[curves.run == run]).to_numpy() for run in group.run]
+        samples[model] = [s for s in samples[model] if len(s)]
+    samples = {model: s for model, s in samples.items() if s}
+    depth = {model: get_spec(model).depth for model in samples}
+
+    def line(what: str, worse: str, better: str) -> str:
+        difference, low, high = bootstrap_difference(samples[worse], samples[better])
+        measured = (f"{what}: {better} trains better than {worse}: {difference:+.2f} points of training error "
+                    f"[{low:+.2f}, {high:+.2f}] ({len(samples[worse])} and {len(samples[better])} seeds)")
+        if min(sum(map(len, samples[worse])), sum(map(len, samples[better]))) < 2:
+            return f"{measured}: cannot tell (one value of a net: its noise is unknown)."
+        return f"{measured}: {verdict(low, high)}."
+
+    plain = sorted((m for m in samples if m.startswith("plain")), key=depth.get)
+    lines = [line("Degradation", deep, shallow) for shallow, deep in zip(plain, plain[1:])]
+    lines += [line("Residual learning", model.replace("resnet", "plain"), model) for model in sorted(samples, key=depth.get)
+              if model.startswith("resnet") and model.replace("resnet", "plain") in samples]
     return lines

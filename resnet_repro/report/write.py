@@ -3,6 +3,7 @@ saying what made them, written all at once: a crash half-way leaves the previous
 
 import argparse
 import contextlib
+import json
 import shlex
 import shutil
 import tempfile
@@ -63,42 +64,54 @@ def staged(out: Path):
         raise
 
 
-def write_report(experiment_dir: Path, out: Path, command: str, wandb_project: str | None = None) -> str:
-    runs, curves = collect_wandb(wandb_project, experiment_dir.name) if wandb_project else collect_runs(experiment_dir)
-    table = error_table(runs)
-    markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(table))])
+def write_report(folders: list[Path], out: Path, command: str, wandb_project: str | None = None) -> str:
+    if wandb_project:
+        runs, evaluated, curves = collect_wandb(wandb_project, folders[0].name)
+    else:
+        runs, evaluated, curves = collect_runs(folders)
+    table = error_table(runs, evaluated)
+    markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(runs, curves))])
     with staged(out) as folder:
         table.to_csv(folder / "table.csv", index=False)
         (folder / "table.md").write_text(markdown + "\n")
         figure = training_curves(runs, curves)
         figure.savefig(folder / "curves.png", dpi=120)
         plt.close(figure)
-        (folder / "README.md").write_text(readme(experiment_dir, runs, markdown, command))
+        (folder / "README.md").write_text(readme(folders, runs, markdown, command))
     return markdown
 
 
-def readme(experiment_dir: Path, runs, markdown: str, command: str) -> str:
+def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
     listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}: `{r.command}`"
                        for r in runs.itertuples())
-    return (f"# Report of `{experiment_dir}`\n\nMade by `{command}` from these runs:\n\n{listed}\n\n"
-            f"Errors are in percent: the last test error each run logged (validation error where it logged none), "
-            f"mean, std (ddof=1) and best over the finished seeds; `train error` is the mean training error over "
-            f"the last 5% of iterations, on which the paper's findings below are checked. `curves.png`: training "
-            f"error dashed, test error bold.\n\n{markdown}\n")
+    smoke = [f for f in folders if (Path(f) / "experiment.json").is_file()
+             and json.loads((Path(f) / "experiment.json").read_text()).get("smoke")]
+    warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
+               "works, nothing about the paper.**\n\n" if smoke else "")
+    return (f"# Report of {', '.join(f'`{f}`' for f in folders)}\n\n{warning}Made by `{command}` from these runs:\n\n"
+            f"{listed}\n\nErrors are in percent, each under a named test protocol (`single_view`: each CIFAR test "
+            f"image once, Table 6; `ten_crop`: Tables 2 and 3; `multi_scale`: Table 4; `center`: no paper number), "
+            f"from each run's latest evaluation under it, and set beside the paper's number of the same statistic: "
+            f"our best of N beside a best of N, our mean±std (ddof=1) beside a mean±std, our mean beside a single "
+            f"run. `reference`: a well-known reproduction under the same protocol. `train error`: the mean training "
+            f"error over the last 5% of iterations, on which the paper's findings are checked with a 95% bootstrap "
+            f"interval over seeds and iterations (\"holds\" only when the interval excludes no difference). "
+            f"`curves.png`: training error dashed, test (CIFAR) or validation (ImageNet) error bold.\n\n{markdown}\n")
 
 
 def report_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="resnet-repro report", description="tables and figures from run directories")
-    parser.add_argument("experiment_dir", type=Path, help="runs/<experiment>")
-    parser.add_argument("--out", type=Path, help="default: results/<experiment>")
+    parser.add_argument("experiment_dirs", type=Path, nargs="+",
+                        help="runs/<experiment> ... (several: one report, e.g. Figure 6's plain and residual runs)")
+    parser.add_argument("--out", type=Path, help="default: results/<experiment>[+<experiment>...]")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT",
                         help="read the experiment's runs (the W&B group named like its directory) from W&B instead")
     args = parser.parse_args(argv)
-    if not args.wandb and not args.experiment_dir.is_dir():
-        raise ValueError(f"{args.experiment_dir} is not a folder: pass runs/<experiment>, the folder of an "
-                         f"experiment's runs")
-    out = args.out or Path("results") / args.experiment_dir.name
-    command = shlex.join(["resnet-repro", "report", str(args.experiment_dir), "--out", str(out),
+    for folder in args.experiment_dirs if not args.wandb else []:
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
+    out = args.out or Path("results") / "+".join(folder.name for folder in args.experiment_dirs)
+    command = shlex.join(["resnet-repro", "report", *map(str, args.experiment_dirs), "--out", str(out),
                           *(["--wandb", args.wandb] if args.wandb else [])])
-    print(write_report(args.experiment_dir, out, command, args.wandb))
+    print(write_report(args.experiment_dirs, out, command, args.wandb))
     print(f"\nwritten to {out}/: table.md, table.csv, curves.png, README.md")
