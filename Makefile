@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/resnet-repro run experiments/demo.yaml
 	$(BIN)/resnet-repro report runs/demo --out results/demo
-	$(BIN)/resnet-repro responses runs/demo/*/checkpoints/last.ckpt --out results/demo-responses
+	$(BIN)/resnet-repro responses runs/demo --out results/demo-responses
 
 test: setup
 	$(BIN)/python -m pytest -q

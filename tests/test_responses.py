@@ -4,15 +4,17 @@ import os
 import shutil
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
 from torch import nn
 
 from conftest import REPO, fit
-from resnet_repro.analysis.responses import layer_responses, response_findings, response_layers
+from resnet_repro.analysis.responses import (bootstrap_weights, layer_responses, per_image_moments, pooled_std,
+                                             response_findings, response_layers)
 from resnet_repro.cli import main
-from resnet_repro.models import build_model
+from resnet_repro.models import build_model, get_spec
 from resnet_repro.models.blocks import BasicBlock
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
@@ -43,25 +45,43 @@ def test_responses_match_a_hand_computation():
                                                     population_std([6, 0, 12, 0, 0, 24, 0, 12])])
 
 
-@pytest.mark.parametrize("name, count", [("plain20", 18), ("resnet20", 18), ("resnet56", 54), ("plain34", 32),
+@pytest.mark.parametrize("name, count", [("plain20", 19), ("resnet20", 19), ("resnet56", 55), ("plain34", 32),
                                          ("resnet50", 16)])
 def test_one_response_per_3x3_layer(name, count):
     model = build_model(name)
     layers = response_layers(model)
     assert len(layers) == count
+    cifar = get_spec(name).input_size == 32  # the CIFAR stem is a 3x3 conv, the first layer; ImageNet's is 7x7
+    assert (layers[0] == ("stem.1", model.stem[1])) == cifar
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
     if blocks:  # basic blocks: exactly 2 per block, in forward order
-        assert [bn for _, bn in layers] == [bn for b in blocks for bn in (b.bn1, b.bn2)]
+        assert [bn for _, bn in layers[cifar:]] == [bn for b in blocks for bn in (b.bn1, b.bn2)]
 
 
-def test_findings_compare_twins_and_depths():
+def test_bootstrap_resamples_of_the_images_give_the_std_of_the_resampled_images():
+    moments = per_image_moments(nn.Sequential(BasicBlock(2, 2, stride=1, residual=True, shortcut="A")),
+                                [torch.randn(5, 2, 3, 3, generator=torch.Generator().manual_seed(0))])
+    weights = bootstrap_weights(5, resamples=3)
+    assert weights.sum(1).tolist() == [5, 5, 5]
+    for resample in range(3):
+        images = torch.repeat_interleave(torch.arange(5), weights[resample].long())  # the images drawn
+        expected = pooled_std(moments["0.bn1"][images])
+        assert pooled_std(moments["0.bn1"], weights=weights[resample:resample + 1]).item() == pytest.approx(expected.item())
+
+
+def test_findings_say_holds_only_beyond_their_noise():
     import pandas as pd
 
-    responses = pd.DataFrame({"model": ["plain20", "resnet20", "resnet56"], "std": [1.2, 0.9, 0.7]})
-    assert response_findings(responses) == [
-        "resnet20 responds less than plain20: mean std 0.9000 vs 1.2000: holds.",
-        "resnet56 responds less than resnet20: mean std 0.7000 vs 0.9000: holds.",
-    ]
+    runs = pd.DataFrame({"label": ["plain20-s0", "resnet20-s0", "resnet56-s0", "resnet56-s1"],
+                         "model": ["plain20", "resnet20", "resnet56", "resnet56"], "mean_std": [1.2, 0.9, 0.89, 0.87]})
+    noise = torch.linspace(-0.05, 0.05, 100, dtype=torch.float64)  # the spread of the resamples
+    replicates = {"plain20-s0": 1.2 + noise, "resnet20-s0": 0.9 + noise.flip(0), "resnet56-s0": 0.89 + noise,
+                  "resnet56-s1": 0.87 + noise}
+    lines = response_findings(runs, replicates)
+    assert lines[0].startswith("resnet20 responds less than plain20: mean std 0.9000 vs 1.2000, difference +0.3000 [")
+    assert lines[0].endswith("(1 and 1 seeds): holds.")
+    assert lines[1].startswith("resnet56 responds less than resnet20: mean std 0.8800 vs 0.9000")
+    assert lines[1].endswith("(2 and 1 seeds): cannot tell (within the noise).")
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +100,14 @@ def test_responses_command_writes_csv_figure_and_findings(tiny_runs, tmp_path, c
     main(["responses", *checkpoints, "--images", "64", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "resnet20 responds less than plain20" in printed and "resnet32 responds less than resnet20" in printed
+    main(["responses", str(tiny_runs), "--models", "plain20", "resnet32", "--images", "64", "--out", str(out)])
+    printed = capsys.readouterr().out  # a folder of runs, two of its nets
+    assert "resnet32 responds less than" not in printed and "resnet20" not in printed
+    assert set(pd.read_csv(out / "responses.csv").label) == {"plain20-s0", "resnet32-s0"}
+    main(["responses", *checkpoints, "--images", "64", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == [".resnet-repro-output", "README.md", "responses.csv", "responses.png"]
-    import pandas as pd
-
     table = pd.read_csv(out / "responses.csv")
-    assert table.groupby("label").size().to_dict() == {"plain20-s0": 18, "resnet20-s0": 18, "resnet32-s0": 30}
+    assert table.groupby("label").size().to_dict() == {"plain20-s0": 19, "resnet20-s0": 19, "resnet32-s0": 31}
     assert (table[table.label == "plain20-s0"].sort_values("sorted_rank")["std"].diff().dropna() <= 0).all()
 
 

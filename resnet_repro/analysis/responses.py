@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -23,10 +24,17 @@ from ..models import BasicBlock, Bottleneck
 from ..report.write import staged
 from ..rundir import read_checkpoint
 
+BOOTSTRAP_SAMPLES = 1000
+
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """The BN after every 3x3 conv of the blocks, in forward order: two per basic block, one per bottleneck."""
+    """The BN after every 3x3 conv, in forward order: the stem's when it is a 3x3 conv (the CIFAR nets' first
+    layer; ImageNet's 7x7 stem is not one), then two per basic block, one per bottleneck."""
     layers = []
+    for name, stem in [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "stem"][:1]:
+        for i, (conv, bn) in enumerate(zip(stem, list(stem)[1:]), start=1):
+            if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and isinstance(bn, nn.BatchNorm2d):
+                layers.append((f"{name}.{i}", bn))
     for name, module in model.named_modules():
         if isinstance(module, BasicBlock):
             layers += [(f"{name}.bn1", module.bn1), (f"{name}.bn2", module.bn2)]
@@ -36,18 +44,18 @@ def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 
 @torch.no_grad()
-def layer_responses(model: nn.Module, batches: Iterable[Tensor], num_images: int | None = None,
-                    pool: Literal["channel", "all"] = "channel") -> pd.DataFrame:
-    """One row per 3x3 layer in forward order: layer (1-based), name, std; statistics are accumulated in
-    float64 over all the images, so the result does not depend on the batch size."""
+def per_image_moments(model: nn.Module, batches: Iterable[Tensor], num_images: int | None = None) -> dict[str, Tensor]:
+    """For each 3x3 layer (by name, in forward order): per image and channel, the count, sum and sum of squares
+    of its responses over positions (images x 3 x channels, float64): enough to compute the std over any
+    resample of the images, which is what the bootstrap needs."""
     layers = response_layers(model)
-    sums = {name: None for name, _ in layers}  # per channel: count, sum, sum of squares
+    moments = {name: [] for name, _ in layers}
 
     def record(name):
         def hook(module, inputs, output: Tensor) -> None:
-            values = output.detach().double().transpose(0, 1).flatten(1)  # channels x (images * positions)
-            stats = torch.stack([torch.full_like(values[:, 0], values.shape[1]), values.sum(1), values.square().sum(1)])
-            sums[name] = stats if sums[name] is None else sums[name] + stats
+            values = output.detach().double().flatten(2)  # images x channels x positions
+            moments[name].append(torch.stack([torch.full_like(values[:, :, 0], values.shape[2]), values.sum(2),
+                                              values.square().sum(2)], dim=1))
         return hook
 
     hooks = [bn.register_forward_hook(record(name)) for name, bn in layers]
@@ -65,15 +73,32 @@ def layer_responses(model: nn.Module, batches: Iterable[Tensor], num_images: int
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    rows = []
-    for index, (name, _) in enumerate(layers, start=1):
-        count, total, squares = sums[name]
-        if pool == "all":
-            count, total, squares = count.sum(), total.sum(), squares.sum()
-        mean = total / count
-        std = (squares / count - mean.square()).clamp_min(0).sqrt()
-        rows.append({"layer": index, "name": name, "std": std.mean().item()})
-    return pd.DataFrame(rows)
+    return {name: torch.cat(parts) for name, parts in moments.items()}
+
+
+def pooled_std(moments: Tensor, pool: Literal["channel", "all"] = "channel", weights: Tensor | None = None) -> Tensor:
+    """The std of one layer's responses from per-image moments (images x 3 x channels), the images weighted by
+    `weights` (resamples x images; a bootstrap resample's counts) or all once: per resample, the std of each
+    channel averaged over channels (`channel`) or one std over all values (`all`)."""
+    weights = torch.ones(1, len(moments), dtype=torch.float64) if weights is None else weights.double()
+    count, total, squares = (weights @ moments[:, k] for k in range(3))  # resamples x channels
+    if pool == "all":
+        count, total, squares = count.sum(1, keepdim=True), total.sum(1, keepdim=True), squares.sum(1, keepdim=True)
+    mean = total / count
+    return (squares / count - mean.square()).clamp_min(0).sqrt().mean(1)
+
+
+def response_table(moments: dict[str, Tensor], pool: Literal["channel", "all"] = "channel") -> pd.DataFrame:
+    """One row per 3x3 layer in forward order: layer (1-based), name, std over all the images."""
+    return pd.DataFrame([{"layer": index, "name": name, "std": pooled_std(m, pool).item()}
+                         for index, (name, m) in enumerate(moments.items(), start=1)])
+
+
+def layer_responses(model: nn.Module, batches: Iterable[Tensor], num_images: int | None = None,
+                    pool: Literal["channel", "all"] = "channel") -> pd.DataFrame:
+    """The response table of a net; statistics are accumulated in float64 over all the images, so the result
+    does not depend on the batch size."""
+    return response_table(per_image_moments(model, batches, num_images), pool)
 
 
 def figure7(responses: pd.DataFrame) -> Figure:
@@ -91,20 +116,45 @@ def figure7(responses: pd.DataFrame) -> Figure:
     return figure
 
 
-def response_findings(responses: pd.DataFrame) -> list[str]:
-    """The paper's finding on mean responses: a ResNet responds less than its plain twin, and a deeper ResNet
-    less than a shallower one. `responses` holds `label` and `model` columns."""
-    mean = responses.groupby("model", sort=False)["std"].mean()
-    lines = []
-    for model in mean.index:
-        twin = model.replace("resnet", "plain")
-        if model.startswith("resnet") and twin in mean.index:
-            holds = "holds" if mean[model] < mean[twin] else "does not hold"
-            lines.append(f"{model} responds less than {twin}: mean std {mean[model]:.4f} vs {mean[twin]:.4f}: {holds}.")
-    resnets = sorted((m for m in mean.index if m.startswith("resnet")), key=lambda m: int(m[len("resnet"):]))
-    for shallow, deep in zip(resnets, resnets[1:]):
-        holds = "holds" if mean[deep] < mean[shallow] else "does not hold"
-        lines.append(f"{deep} responds less than {shallow}: mean std {mean[deep]:.4f} vs {mean[shallow]:.4f}: {holds}.")
+def bootstrap_weights(images: int, resamples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Tensor:
+    """How often each test image is drawn in each bootstrap resample (resamples x images)."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, images, (resamples, images), generator=generator)
+    return torch.zeros(resamples, images, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+
+
+def mean_response(moments: dict[str, Tensor], pool: str, weights: Tensor | None = None) -> Tensor:
+    """A net's mean response: the std of each 3x3 layer averaged over the layers (per resample)."""
+    return torch.stack([pooled_std(m, pool, weights) for m in moments.values()]).mean(0)
+
+
+def response_findings(runs: pd.DataFrame, replicates: dict[str, Tensor], seed: int = 0) -> list[str]:
+    """The paper's findings on mean responses, each with a 95% bootstrap interval: a ResNet responds less than
+    its plain twin, and a deeper ResNet less than a shallower one. `runs` has one row per run (label, model,
+    mean std over its layers); `replicates[label]` the same statistic over bootstrap resamples of the test
+    images (the same resamples for every run, so that nets are compared on the same images). Where a net has
+    several seeds, the seeds are resampled too."""
+    rng = np.random.default_rng(seed)
+    by_model = runs.groupby("model", sort=False)
+    point = by_model["mean_std"].mean()
+
+    def resampled(model: str) -> np.ndarray:
+        seeds = np.stack([replicates[label].numpy() for label in by_model.get_group(model).label])  # seeds x B
+        picks = rng.integers(0, len(seeds), (seeds.shape[1], len(seeds)))
+        return seeds[picks, np.arange(seeds.shape[1])[:, None]].mean(1)
+
+    def line(less: str, more: str) -> str:
+        difference = resampled(more) - resampled(less)
+        low, high = np.percentile(difference, [2.5, 97.5])
+        holds = "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell (within the noise)"
+        seeds = f"{len(by_model.get_group(less))} and {len(by_model.get_group(more))} seeds"
+        return (f"{less} responds less than {more}: mean std {point[less]:.4f} vs {point[more]:.4f}, difference "
+                f"{point[more] - point[less]:+.4f} [{low:+.4f}, {high:+.4f}] ({seeds}): {holds}.")
+
+    lines = [line(model, model.replace("resnet", "plain")) for model in point.index
+             if model.startswith("resnet") and model.replace("resnet", "plain") in point.index]
+    resnets = sorted((m for m in point.index if m.startswith("resnet")), key=lambda m: int(m[len("resnet"):]))
+    lines += [line(deep, shallow) for shallow, deep in zip(resnets, resnets[1:])]
     return lines
 
 
@@ -144,22 +194,60 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
     return checkpoint.parent.parent.name, module, images
 
 
+def find_checkpoints(paths: list[Path]) -> list[Path]:
+    """Checkpoints from what a user names: checkpoint files, run directories, or experiment folders (every run
+    in them with a checkpoint, including runs an experiment takes from another)."""
+    from ..report.collect import run_dirs
+    from ..rundir import last_checkpoint
+
+    found = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path)
+        elif last_checkpoint(path).is_file():
+            found.append(last_checkpoint(path))
+        elif path.is_dir():
+            found += [last_checkpoint(run) for run in run_dirs(path) if last_checkpoint(run).is_file()]
+        else:
+            raise FileNotFoundError(f"{path} does not exist: pass checkpoints, run directories or runs/<experiment>")
+    return found
+
+
+def measure_runs(paths: list[Path], models: list[str] | None = None, num_images: int | None = 1000,
+                 pool: Literal["channel", "all"] = "channel", data_config: Path | None = None):
+    """(responses: one row per run and 3x3 layer, with its sorted rank; runs: one row per run with its mean
+    response; replicates: each run's mean response over bootstrap resamples of the test images, the same
+    resamples for every run) of the runs found in `paths`, or only those of `models`."""
+    tables, runs, replicates, weights = [], [], {}, None
+    for checkpoint in find_checkpoints(paths):
+        label, module, images = load_run(checkpoint, data_config)
+        if models and module.hparams.model not in models:
+            continue
+        moments = per_image_moments(module, images, num_images)
+        if weights is None:
+            weights = bootstrap_weights(len(next(iter(moments.values()))))
+        tables.append(response_table(moments, pool).assign(label=label, model=module.hparams.model))
+        runs.append({"label": label, "model": module.hparams.model, "mean_std": tables[-1]["std"].mean()})
+        replicates[label] = mean_response(moments, pool, weights)
+    if not tables:
+        raise ValueError(f"no run of {', '.join(models or [])} among {' '.join(map(str, paths))}")
+    responses = pd.concat(tables, ignore_index=True)
+    responses["sorted_rank"] = responses.groupby("label")["std"].rank(ascending=False, method="first").astype(int)
+    return responses, pd.DataFrame(runs), replicates
+
+
 def responses_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="runs/<experiment>/<run>/checkpoints/last.ckpt ...")
+    parser.add_argument("paths", nargs="+", type=Path,
+                        help="checkpoints, run directories or experiment folders (runs/cifar10-table6 ...)")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="only runs of these nets (e.g. plain20 resnet56)")
     parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images (default: each run's)")
     parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
     parser.add_argument("--out", type=Path, default=Path("results/responses"))
     args = parser.parse_args(argv)
-    tables = []
-    for checkpoint in args.checkpoints:
-        label, module, images = load_run(checkpoint, args.data)
-        table = layer_responses(module, images, args.images, args.pool)
-        tables.append(table.assign(label=label, model=module.hparams.model))
-    responses = pd.concat(tables, ignore_index=True)
-    responses["sorted_rank"] = responses.groupby("label")["std"].rank(ascending=False, method="first").astype(int)
-    lines = response_findings(responses)
+    responses, runs, replicates = measure_runs(args.paths, args.models, args.images, args.pool, args.data)
+    lines = response_findings(runs, replicates)
     command = shlex.join(["resnet-repro", "responses", *map(str, argv)])
     with staged(args.out) as folder:
         responses.to_csv(folder / "responses.csv", index=False)
@@ -168,7 +256,10 @@ def responses_command(argv: list[str]) -> None:
         plt.close(figure)
         (folder / "README.md").write_text(
             f"# Layer responses (Figure 7)\n\nMade by `{command}`: the std of each 3x3 layer's output after BN, "
-            f"before ReLU/addition, over the first {args.images} test images of each run's data, pooled per "
-            f"`{args.pool}`.\n\n" + "".join(f"- {line}\n" for line in lines))
+            f"before ReLU/addition (the stem's 3x3 conv included), over the first {args.images} test images of "
+            f"each run's data, pooled per `{args.pool}`. Findings compare the mean over layers, with a 95% "
+            f"bootstrap interval over the test images (the same resamples for every net) and over seeds where a "
+            f"net has several; \"holds\" only when the interval excludes no difference.\n\n"
+            + "".join(f"- {line}\n" for line in lines))
     print("\n".join(lines) or "no plain/ResNet pair or ResNet pair to compare")
     print(f"written to {args.out}/: responses.csv, responses.png, README.md")
