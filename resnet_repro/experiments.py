@@ -6,12 +6,16 @@
     runs: [{model.model: resnet110, seeds: [0, 1, 2]}]  # ... and/or these runs (a run may set its own seeds)
     seeds: [0]                                 # the default seeds of every run
     patches: [{when: {model.model: resnet1202}, set: {model.warmup: true}}]  # settings for the runs that match
+    evaluate: [single_view]                    # the test protocols each run is evaluated under when it finishes
+    runs_from: [{experiment: experiments/imagenet/table2.yaml, runs: [plain34-s0]}]  # runs of another experiment
 
 A run is named after what sets it apart (`resnet56-s0`, `resnet34-B-s0`) and lives in
-`runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`).
+`runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a run taken
+from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them all.
 `resnet-repro run FILE` trains the runs one after another here, or writes torchrun / SLURM launch scripts
-into their directories; `--dry-run` prints them with their size and cost. Finished runs are skipped and
-interrupted ones resume, so rerunning the same command completes an experiment.
+into their directories; `--dry-run` prints them with their size and cost; `--smoke` runs the whole file in
+miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones resume,
+so rerunning the same command completes an experiment.
 """
 
 import argparse

@@ -90,3 +90,15 @@ def test_figure6_from_the_two_cifar_folders(smoke_runs, tmp_path):
     assert plt.imread(out / "curves.png").shape[1] > 3 * 400  # three panels side by side
     table = pd.read_csv(out / "table.csv")
     assert {"plain20", "plain110", "resnet20", "resnet1202"} <= set(table.net)
+
+
+def test_figure7_from_the_two_cifar_folders(smoke_runs, tmp_path, capsys):
+    root, out = smoke_runs["root"], tmp_path / "fig7"
+    main(["responses", str(root / "cifar10-fig6-plain"), str(root / "cifar10-table6"), "--models", "plain20",
+          "plain56", "resnet20", "resnet56", "resnet110", "--images", "16", "--out", str(out)])
+    responses = pd.read_csv(out / "responses.csv")
+    assert responses.groupby("model").label.nunique().to_dict() == {
+        "plain20": 1, "plain56": 1, "resnet20": 1, "resnet56": 1, "resnet110": 5}  # ResNet-110's five seeds
+    assert responses.groupby("label").size()["resnet20-s0"] == 19  # the stem's 3x3 conv and 18 in the blocks
+    findings = capsys.readouterr().out
+    assert "resnet110 responds less than resnet56" in findings and "(5 and 1 seeds)" in findings
