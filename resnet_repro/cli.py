@@ -71,17 +71,22 @@ def config_changes(saved: dict, new: dict) -> dict[str, list]:
             if not key.startswith(HOW_NOT_WHAT) and saved.get(key) != new.get(key)}
 
 
+def data_class(class_path: str) -> type:
+    """The data module class a config names by its dotted path, as LightningCLI reads it."""
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def check_values(config, subcommand: str | None) -> None:
     """Values the parser's types cannot rule out, refused in one line that names the key."""
     max_steps = config.trainer.max_steps
     if subcommand in ("fit", None) and not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"trainer.max_steps must be a positive number of iterations, not {max_steps} (the "
                          f"recipes stop at max_steps: their schedules are in iterations)")
-    module_name, _, class_name = config.data.class_path.rpartition(".")
-    protocols = getattr(importlib.import_module(module_name), class_name).protocols
-    unknown = [protocol for protocol in config.protocols if protocol not in protocols]
+    data = data_class(config.data.class_path)
+    unknown = [protocol for protocol in config.protocols if protocol not in data.protocols]
     if unknown:
-        raise ValueError(f"--protocols {' '.join(unknown)}: {class_name} is tested by {', '.join(protocols)}")
+        raise ValueError(f"--protocols {' '.join(unknown)}: {data.__name__} is tested by {', '.join(data.protocols)}")
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")

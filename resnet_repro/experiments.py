@@ -39,7 +39,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .analysis.complexity import count_macs, count_params, meta_model
-from .cli import check_config
+from .cli import check_config, data_class
 from .models import get_spec
 from .rundir import last_checkpoint, read_summary, write_json_atomically
 
@@ -216,12 +216,11 @@ def shared_runs(path: Path, source: dict, seen: set[Path]) -> list[Run]:
 
 def check_protocols(path: Path, experiment: Experiment) -> None:
     for run in experiment.runs:
-        module_name, _, class_name = run.setting("data.class_path").rpartition(".")
-        known = getattr(importlib.import_module(module_name), class_name).protocols
-        unknown = [protocol for protocol in experiment.protocols if protocol not in known]
+        data = data_class(run.setting("data.class_path"))
+        unknown = [protocol for protocol in experiment.protocols if protocol not in data.protocols]
         if unknown:
-            raise ValueError(f"{path}: evaluate: {', '.join(unknown)} is not a test protocol of {class_name} "
-                             f"(run {run.name}), whose protocols are {', '.join(known)}")
+            raise ValueError(f"{path}: evaluate: {', '.join(unknown)} is not a test protocol of {data.__name__} "
+                             f"(run {run.name}), whose protocols are {', '.join(data.protocols)}")
 
 
 def build_on_meta(run: Run) -> torch.nn.Module:
@@ -418,9 +417,9 @@ SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "
 def smoke_args(run: Run, data_root: Path) -> list[str]:
     """The settings that make `run` a miniature: SMOKE_ARGS, and data of the run's kind written by the stand-in
     writer next to its reader (in the dataset's real on-disk format) into `data_root/<data module>/`."""
-    module_name, _, class_name = run.setting("data.class_path").rpartition(".")
-    folder = data_root / class_name
-    writer = importlib.import_module(getattr(importlib.import_module(module_name), class_name).__module__).write_standin
+    data = data_class(run.setting("data.class_path"))
+    folder = data_root / data.__name__
+    writer = importlib.import_module(data.__module__).write_standin
     shutil.rmtree(folder, ignore_errors=True)  # written afresh: small, and the same every time
     settings = writer(folder)
     data = [arg for key, value in settings.items()
