@@ -20,6 +20,7 @@ so rerunning the same command completes an experiment.
 
 import argparse
 import ctypes
+import functools
 import importlib
 import itertools
 import json
@@ -415,16 +416,20 @@ SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "
 
 
 def smoke_args(run: Run, data_root: Path) -> list[str]:
-    """The settings that make `run` a miniature: SMOKE_ARGS, and data of the run's kind written by the stand-in
-    writer next to its reader (in the dataset's real on-disk format) into `data_root/<data module>/`."""
-    data = data_class(run.setting("data.class_path"))
-    folder = data_root / data.__name__
-    writer = importlib.import_module(data.__module__).write_standin
-    shutil.rmtree(folder, ignore_errors=True)  # written afresh: small, and the same every time
-    settings = writer(folder)
+    """The settings that make `run` a miniature: SMOKE_ARGS, and data of the run's kind (see standin_data)."""
+    settings = standin_data(data_class(run.setting("data.class_path")), data_root)
     data = [arg for key, value in settings.items()
             for arg in (f"--data.init_args.{key}", value if isinstance(value, str) else json.dumps(value))]
     return [*SMOKE_ARGS, *data]
+
+
+@functools.cache  # once per data module and command: every run of the experiment reads the same files
+def standin_data(data: type, data_root: Path) -> dict:
+    """Stand-in data written by the writer next to the data module's reader (in the dataset's real on-disk
+    format) into `data_root/<data module>/`; the data module's settings for it."""
+    folder = data_root / data.__name__
+    shutil.rmtree(folder, ignore_errors=True)  # written afresh: small, and the same every time
+    return importlib.import_module(data.__module__).write_standin(folder)
 
 
 def write_manifest(experiment: Experiment, runs_root: Path, path: Path, smoke: bool) -> None:
