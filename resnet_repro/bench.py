@@ -63,12 +63,13 @@ def peak_memory(device: torch.device) -> str:
 
 
 def fit_path(model: str, device: str, batch_size: int, warmup: int, steps: int, precision: str,
-             compile_mode: CompileMode | None) -> float:
+             compile_mode: CompileMode | None, bn_group_size: int | None) -> float:
     timer = Timer(warmup)
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
-    trainer.fit(ResNetClassifier(model, compile_mode=compile_mode), DigitsDataModule(batch_size=batch_size))
+    module = ResNetClassifier(model, compile_mode=compile_mode, bn_group_size=bn_group_size)
+    trainer.fit(module, DigitsDataModule(batch_size=batch_size))
     return steps * batch_size / timer.seconds
 
 
@@ -88,10 +89,10 @@ def saved_for_backward(forward) -> tuple[torch.Tensor, int]:
 
 
 def compute_only(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, precision: str,
-                 compile_mode: CompileMode | None) -> tuple[float, int]:
+                 compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, int]:
     """(images/s, bytes kept for backward). The bytes are counted on an eager forward before the timed loop:
     compiled code does not show its saved tensors to the hooks."""
-    module = ResNetClassifier(model).to(device)
+    module = ResNetClassifier(model, bn_group_size=bn_group_size).to(device)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch_size,), device=device)
@@ -165,6 +166,9 @@ def bench_command(argv: list[str]) -> None:
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--compile", dest="compile_mode", choices=get_args(CompileMode),
                         help="torch.compile mode of the fit path and the compute-only step (default: eager)")
+    parser.add_argument("--bn-group-size", type=int,
+                        help="BN over groups of this many images in fit and compute (the CIFAR-10 recipe's 64; "
+                             "default: the whole batch)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
@@ -172,7 +176,7 @@ def bench_command(argv: list[str]) -> None:
     torch.backends.cudnn.benchmark = True  # as in the recipes, for all three loops alike (the Trainer keeps it)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
-          f"compile {args.compile_mode or 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+          f"compile {args.compile_mode or 'off'}, BN groups {args.bn_group_size or 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, lightning {L.__version__}")
     figures = {}
 
@@ -181,8 +185,9 @@ def bench_command(argv: list[str]) -> None:
         print(f"{label:>10}: {rate:8,.0f} images/s   {peak_memory(device)}{note}")
 
     common = (args.batch_size, args.warmup, args.steps)
-    show("fit", fit_path(args.model, args.device, *common, args.precision, args.compile_mode))
-    rate, saved = compute_only(args.model, device, *common, args.precision, args.compile_mode)
+    switches = (args.precision, args.compile_mode, args.bn_group_size)
+    show("fit", fit_path(args.model, args.device, *common, *switches))
+    rate, saved = compute_only(args.model, device, *common, *switches)
     show("compute", rate, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
     show("dataloader", dataloader_loop(args.model, device, *common, args.workers))
     print(f"fit / dataloader = {figures['fit'] / figures['dataloader']:.2f}x   "

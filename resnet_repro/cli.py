@@ -19,11 +19,13 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import ArgumentError
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .batchnorm import PreciseBN
 from .module import ResNetClassifier
 from .rundir import RunLock, RunSummary, last_checkpoint, make_loggers, read_checkpoint, read_summary
 
@@ -46,6 +48,7 @@ HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "acce
                 "trainer.default_root_dir", "trainer.benchmark", "trainer.log_every_n_steps",
                 "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.limit_test_batches",
                 "trainer.num_sanity_val_steps", "trainer.profiler", "model.channels_last", "model.compile_mode",
+                "precise_bn_batches",  # evaluation only: what is tested, not what is trained
                 "data.init_args.data_dir", "data.init_args.download", "data.init_args.num_workers",
                 "data.init_args.eval_batch_size", "data.init_args.eval_mode", "data.init_args.scales")
 
@@ -121,6 +124,9 @@ class RunCLI(LightningCLI):
         parser.add_argument("--protocols", type=list[str], default=[],
                             help="test protocols to evaluate the final weights under, after fit or in test (CIFAR: "
                                  "single_view; ImageNet: center, ten_crop, multi_scale); each logs test/<protocol>/")
+        parser.add_argument("--precise_bn_batches", type=NonNegativeInt, default=0,
+                            help="before each test, recompute the BN statistics over this many training batches with "
+                                 "the weights frozen (precise BN); 0: the moving averages of training")
         parser.add_argument("--accept_config_change", type=bool, default=False,
                             help="resume a run with settings that differ from its config.yaml (the change is "
                                  "recorded in summary.json); without it such a resume is refused")
@@ -140,6 +146,8 @@ class RunCLI(LightningCLI):
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change))
+        if config.precise_bn_batches:
+            trainer.callbacks.append(PreciseBN(config.precise_bn_batches))
         return trainer
 
     def _parse_ckpt_path(self) -> None:
@@ -155,6 +163,8 @@ class RunCLI(LightningCLI):
         and settings. `fit` on a run directory with a checkpoint resumes it."""
         config = self.command_config
         check_values(config, self.subcommand)
+        if config.trainer.deterministic:  # cuDNN's benchmark picks conv algorithms by timing them: not repeatable
+            config.trainer.benchmark = False
         if self.subcommand is not None:  # checkpoints are loaded as data (tensors, plain containers), never as code
             config.weights_only = True
         if rank_zero_only.rank == 0:  # the other ranks of a DDP run are started by, or alongside, rank 0

@@ -47,6 +47,10 @@ from .rundir import last_checkpoint, read_summary, write_json_atomically
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches", "evaluate", "runs_from"}
 LAUNCHERS = ("local", "torchrun", "slurm")
+# The recipe settings for what the paper leaves implicit (README, Deviations): `--dry-run` names a run's that
+# differ from its recipe.
+FIDELITY_SWITCHES = ("data.init_args.train_on_all", "model.bn_group_size", "model.warmup", "model.sgd_form",
+                     "precise_bn_batches", "trainer.deterministic")
 
 
 @dataclass
@@ -61,8 +65,9 @@ class Run:
 
     def setting(self, key: str):
         """The run's value for a dotted key: its own setting, else the recipe's (None if neither has it)."""
-        if key in self.settings:
-            return self.settings[key]
+        return self.settings[key] if key in self.settings else self.recipe_setting(key)
+
+    def recipe_setting(self, key: str):
         value = self.recipe_config
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -242,8 +247,10 @@ def describe(run: Run, command: str) -> str:
     model = run.setting("model.model")
     steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
     flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
+    switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
+                for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs\n  {command}")
+            f"{flops:.3g} training FLOPs\n" + (f"  switches: {'; '.join(switches)}\n" if switches else "") + f"  {command}")
 
 
 def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, devices: int) -> str:

@@ -1,10 +1,11 @@
 """The paper's training recipe around a registered net, as a LightningModule.
 
 Cross-entropy; SGD with momentum and weight decay; a learning rate that is divided by 10 at fixed
-iterations (the schedule is counted in steps, not epochs); for the deep CIFAR nets (n = 18) the paper's
-warm-up: lr 0.01 until the training error falls below 80%, then the base lr (Section 4.2). Training
+iterations (the schedule is counted in steps, not epochs); for the deep residual CIFAR nets (n >= 18) the
+paper's warm-up: lr 0.01 until the training error falls below 80%, then the base lr (Section 4.2). Training
 loss, error and lr are logged for every iteration; validation and test top-1 (and top-5) error are
-micro-averaged over every image of their set, on any number of ranks.
+micro-averaged over every image of their set, on any number of ranks. Switches for what the paper leaves
+implicit: BN over groups of the batch (`bn_group_size`), Caffe's form of momentum SGD (`sgd_form`).
 """
 
 import math
@@ -14,15 +15,39 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
 from torch import Tensor
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .batchnorm import GhostBatchNorm2d
 from .models import build_model, get_spec
 
 # torch.compile's modes. reduce-overhead adds CUDA graphs, which pay off for thin deep nets whose small kernels
 # leave the GPU waiting for launches; on a CPU it is the same as default.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+
+
+class CaffeSGD(torch.optim.SGD):
+    """Momentum SGD in Caffe's form, which the paper's authors used: the lr is inside the momentum buffer,
+    v <- m v + lr (g + wd w), w <- w - v. PyTorch's form keeps it outside: v <- m v + (g + wd w), w <- w - lr v.
+    The two take the same steps at a constant lr; after an lr drop Caffe's buffer still carries the old lr, so
+    its next steps are larger, by a factor that decays as m^k. Implemented as PyTorch's SGD whose buffers are
+    rescaled by old lr / new lr whenever the lr changes, which is Caffe's update exactly (up to rounding)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            buffer_lr = group.setdefault("buffer_lr", group["lr"])  # the lr the buffers hold (in the checkpoint)
+            if buffer_lr != group["lr"]:
+                buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
+                           if self.state[p].get("momentum_buffer") is not None]
+                torch._foreach_mul_(buffers, buffer_lr / group["lr"])
+                group["buffer_lr"] = group["lr"]
+        return super().step(closure)
+
+
+SGD_FORMS = {"pytorch": torch.optim.SGD, "caffe": CaffeSGD}
 
 
 class ResNetClassifier(L.LightningModule):
@@ -36,29 +61,36 @@ class ResNetClassifier(L.LightningModule):
         weight_decay: float = 1e-4,
         milestones: list[int] = [32_000, 48_000],  # iterations at which the lr is multiplied by lr_decay
         lr_decay: float = 0.1,
-        warmup: bool | None = None,  # None: on for the 110-layer CIFAR nets (n = 18), as in the paper
+        warmup: bool | None = None,  # None: on for the residual CIFAR nets of n >= 18 (110, 1202 layers)
         warmup_lr: float = 0.01,
         warmup_until_error: float = 0.8,  # training error (fraction) that ends the warm-up
         warmup_max_steps: int = 2_000,  # the warm-up ends here at the latest (the paper saw ~400)
         top5: bool = False,
+        bn_group_size: PositiveInt | None = None,  # BN over groups of this many images of a rank's batch; None: all
+        sgd_form: Literal["pytorch", "caffe"] = "pytorch",  # where the lr sits in momentum SGD (CaffeSGD)
         channels_last: bool = True,  # NHWC activations: faster convolutions on CPUs (oneDNN) and tensor cores
         compile_mode: CompileMode | None = None,  # torch.compile the net in this mode; None: eager
     ):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_model(model, num_classes=num_classes, **({"shortcut": shortcut} if shortcut else {}))
+        if bn_group_size is not None:
+            GhostBatchNorm2d.convert(self.net, bn_group_size)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if compile_mode is not None:
             self.net.compile(mode=compile_mode)  # in place: the state dict keeps its keys, so checkpoints load either way
         self.num_params = sum(p.numel() for p in self.net.parameters())
         spec = get_spec(model)
-        self.warmup = warmup if warmup is not None else (spec.input_size == 32 and spec.depth == 110)
+        # The paper warms up its 110-layer ResNet, for which lr 0.1 is "slightly too large to start converging",
+        # and trains the 1202-layer one "as described above"; it says nothing of a warm-up for plain-110.
+        self.warmup = warmup if warmup is not None else (spec.input_size == 32 and spec.residual and spec.depth >= 110)
         self.warmup_ended_at: int | None = None  # the iteration after which the base lr applies
         self.restored_step = 0  # the iterations behind the weights loaded from a checkpoint
         self.last_checkpoint_step: int | None = None  # the iteration of the last checkpoint written or loaded
         self.eval_metrics = torch.nn.ModuleDict({split: self._eval_metric_set() for split in ("val", "test")})
         self._train_log: list[tuple[int, float, Tensor]] = []  # (iteration, lr, [loss, error]) not yet logged
+        self.precise_bn_images = 0  # the training images behind the BN statistics of the latest test (precise BN)
 
     def _eval_metric_set(self) -> torch.nn.ModuleDict:
         classes = self.hparams.num_classes
@@ -82,8 +114,8 @@ class ResNetClassifier(L.LightningModule):
         return self.hparams.lr_decay ** bisect_right(self.hparams.milestones, step)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-                                    weight_decay=self.hparams.weight_decay)
+        optimizer = SGD_FORMS[self.hparams.sgd_form](self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
+                                                     weight_decay=self.hparams.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_multiplier(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -186,6 +218,8 @@ class ResNetClassifier(L.LightningModule):
             if "top5" in metrics["accuracy"]:
                 values[f"{prefix}/top5_error"] = 1 - metrics["accuracy"]["top5"].compute()
             values[f"{prefix}/images"] = metrics["images"].compute()
+            if self.trainer.state.fn == "test" and self.precise_bn_images:
+                values[f"{prefix}/precise_bn_images"] = self.precise_bn_images
             for metric in [*metrics["accuracy"].values(), metrics["images"]]:
                 metric.reset()
             for name, value in values.items():

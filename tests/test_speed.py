@@ -94,8 +94,9 @@ def test_saved_for_backward_counts_each_kept_tensor_once():
 
 def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
     main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "32",
-          "--workers", "0"])
+          "--workers", "0", "--bn-group-size", "16"])
     out = capsys.readouterr().out
+    assert "BN groups 16" in out
     rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
     assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
     ratios = re.search(r"fit / dataloader = ([\d.]+)x   fit / compute = ([\d.]+)x", out)

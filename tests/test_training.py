@@ -70,14 +70,6 @@ def test_warmup_switches_when_the_training_error_crosses_80_percent(tmp_path):
     assert rows.loc[crossed + 1:, "lr"].tolist() == pytest.approx([0.1] * (30 - crossed))
 
 
-def test_warmup_is_on_by_default_for_n_18_only():
-    from resnet_repro.module import ResNetClassifier
-
-    assert ResNetClassifier("resnet110").warmup and ResNetClassifier("plain110").warmup
-    assert not ResNetClassifier("resnet56").warmup and not ResNetClassifier("resnet18").warmup
-    assert not ResNetClassifier("resnet110", warmup=False).warmup
-
-
 def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path):
     # 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
     args = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",

@@ -1,0 +1,110 @@
+"""Two choices about batch normalisation that the paper leaves implicit, as switches of the training recipe.
+
+Ghost BN (`model.bn_group_size`): the paper trained CIFAR-10 with 128 images on two GPUs, so each BN saw 64.
+`GhostBatchNorm2d` normalises a rank's batch in groups of G images, each with its own statistics, as G-image
+batches on separate GPUs would; the loss and its gradient stay the mean over the whole batch.
+
+Precise BN (`precise_bn_batches`, a setting of fit and test): the released ImageNet models had their BN
+statistics computed over many training images after training, not kept as the moving average of training.
+`precise_bn` recomputes them, with the weights frozen, as the mean and variance of each BN's input over N
+training batches; the `PreciseBN` callback does so before every test.
+"""
+
+import itertools
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training batch is normalised in groups of `group_size` images.
+
+    A batch of at most `group_size` images is one group (plain BN). The running statistics are updated once
+    per batch, by the usual momentum, towards the mean of the groups' statistics; under DDP each rank keeps its
+    own and Lightning broadcasts rank 0's, as with plain BN. Evaluation uses the running statistics, as always.
+    """
+
+    def __init__(self, num_features: int, group_size: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.group_size = group_size
+
+    @classmethod
+    def convert(cls, net: nn.Module, group_size: int) -> nn.Module:
+        """Every BatchNorm2d of `net` made a GhostBatchNorm2d in place (same parameters, buffers and state-dict
+        keys, so checkpoints load either way)."""
+        for name, child in net.named_children():
+            if type(child) is nn.BatchNorm2d:
+                ghost = cls(child.num_features, group_size, eps=child.eps, momentum=child.momentum)
+                ghost.load_state_dict(child.state_dict())
+                setattr(net, name, ghost.to(child.weight.device))
+            else:
+                cls.convert(child, group_size)
+        return net
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or len(x) <= self.group_size:
+            return super().forward(x)
+        if len(x) % self.group_size:
+            raise ValueError(f"a batch of {len(x)} images per rank does not split into BN groups of "
+                             f"{self.group_size} (model.bn_group_size): make the per-rank batch a multiple of it")
+        groups = x.unflatten(0, (-1, self.group_size))  # groups x G x C x H x W, a view
+        var, mean = torch.var_mean(groups, dim=(1, 3, 4), correction=0, keepdim=True)
+        normalised = (groups - mean) * torch.rsqrt(var + self.eps)
+        y = normalised * self.weight[:, None, None] + self.bias[:, None, None]
+        with torch.no_grad():
+            n = x[: self.group_size].numel() // x.shape[1]  # values per channel in a group
+            self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
+            self.running_var.lerp_(var.mean(0).flatten() * n / (n - 1), self.momentum)  # unbiased, as BN keeps it
+            self.num_batches_tracked += 1
+        return y.flatten(0, 1)
+
+
+@torch.no_grad()
+def precise_bn(net: nn.Module, batches: Iterable[Tensor], reduce_sum=lambda t: t) -> int:
+    """Set the running mean and variance of every BN of `net` to the mean and variance of its input over all
+    images of `batches` (each image's values at every position), the inputs computed as in training (train
+    mode: each BN normalises by its batch). Across DDP ranks pass `reduce_sum`, a sum over the ranks.
+    Returns the number of images seen (on this rank)."""
+    norms = [module for module in net.modules() if isinstance(module, nn.BatchNorm2d)]
+    moments = {norm: torch.zeros(3, norm.num_features, dtype=torch.float64) for norm in norms}  # count, sum, sum sq
+
+    def accumulate(norm: nn.BatchNorm2d, inputs: tuple[Tensor]) -> None:
+        x = inputs[0].double().transpose(0, 1).flatten(1)  # C x (N H W)
+        moments[norm] += torch.stack([torch.full_like(x[:, 0], x.shape[1]), x.sum(1), x.square().sum(1)]).cpu()
+
+    hooks = [norm.register_forward_pre_hook(accumulate) for norm in norms]
+    was_training, images = net.training, 0
+    try:
+        net.train()
+        for batch in batches:
+            net(batch)
+            images += len(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    for norm in norms:
+        count, total, total_sq = reduce_sum(moments[norm].to(norm.running_mean.device))
+        mean = total / count
+        var = (total_sq - count * mean.square()) / (count - 1)  # unbiased, as BN keeps it
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+    return images
+
+
+class PreciseBN(L.Callback):
+    """Before each test, the BN statistics from `batches` batches of the data module's training stream (augmented
+    as in training), summed over the ranks. The module logs how many images they came from beside the errors."""
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data = trainer.datamodule
+        data.setup("fit")  # the training set
+        images = (images.to(pl_module.device) for images, _ in itertools.islice(data.train_dataloader(), self.batches))
+        seen = precise_bn(pl_module, images, reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        pl_module.precise_bn_images = int(trainer.strategy.reduce(torch.tensor(float(seen), device=pl_module.device),
+                                                                  reduce_op="sum"))
