@@ -4,6 +4,7 @@
     resnet-repro fit --config experiments/cifar10/base.yaml [--model.model resnet56 ...]
     resnet-repro validate|test --config RUN_DIR/config.yaml --ckpt_path RUN_DIR/checkpoints/last.ckpt
     resnet-repro run experiments/cifar10/table6.yaml [--dry-run] [--devices N] [--launcher local|torchrun|slurm]
+                     [--parallel N [--gpus 0,1,... --runs-per-gpu K]]   N runs at once (slurm: N array tasks)
     resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
     resnet-repro responses runs/demo/*/checkpoints/last.ckpt [--out results/demo-responses]
     resnet-repro bench resnet20 [--device cpu|cuda] [--steps N]

@@ -12,10 +12,12 @@
 A run is named after what sets it apart (`resnet56-s0`, `resnet34-B-s0`) and lives in
 `runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a run taken
 from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them all.
-`resnet-repro run FILE` trains the runs one after another here, or writes torchrun / SLURM launch scripts
-into their directories; `--dry-run` prints them with their size and cost; `--smoke` runs the whole file in
-miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones resume,
-so rerunning the same command completes an experiment.
+`resnet-repro run FILE` trains the runs one after another here, or up to N at once with `--parallel N` (each
+a child process on devices of its own, its output in its run's fit.log, a live view here: see sweep.py), or
+writes a torchrun script into each run's directory or one SLURM array job for the experiment
+(runs/<experiment>/job.sbatch); `--dry-run` prints the runs with their size and cost; `--smoke` runs the whole
+file in miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones
+resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
@@ -434,6 +436,10 @@ def run_command(argv: list[str]) -> None:
     if args.dry_run:
         return
     if args.launcher == "local" and pool is not None:
+        too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)} need more GPUs than the {len(pool.places)} shared out here: "
+                             f"pass --gpus with more, or --devices")
         failed = [f"{job.name} (log: {shown(job.log)})"
                   for job in run_side_by_side(jobs, args.parallel, pool, cpu_threads(args.parallel))]
     elif args.launcher == "local":

@@ -6,7 +6,9 @@
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
     summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
                          time, device, git revision
-    wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline)
+    wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
+                         columns to group by (dataset, family, depth, shortcut, seed, experiment)
+    fit.log              the output of its fit and test commands, when `run --parallel` started them
     .lock                held by the one process that writes the run (fit, validate, test)
 
 The run's name and its experiment (the W&B run name and group) are the directory's name and its parent's.
