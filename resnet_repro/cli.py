@@ -4,6 +4,7 @@
     resnet-repro fit --config experiments/cifar10/base.yaml [--model.model resnet56 ...]
     resnet-repro validate|test --config RUN_DIR/config.yaml --ckpt_path RUN_DIR/checkpoints/last.ckpt
     resnet-repro run experiments/cifar10/table6.yaml [--dry-run] [--devices N] [--launcher local|torchrun|slurm]
+                     [--parallel N [--gpus 0,1,... --runs-per-gpu K]]   N runs at once (slurm: N array tasks)
     resnet-repro report runs/cifar10-table6 [--out results/cifar10-table6]
     resnet-repro responses runs/demo/*/checkpoints/last.ckpt [--out results/demo-responses]
     resnet-repro bench resnet20 [--device cpu|cuda] [--steps N]
@@ -27,7 +28,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .batchnorm import PreciseBN
 from .module import ResNetClassifier
-from .rundir import RunLock, RunSummary, last_checkpoint, make_loggers, read_checkpoint, read_summary
+from .rundir import (RunLock, RunSummary, final_errors, last_checkpoint, make_loggers, read_checkpoint,
+                     read_summary)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 TRAINER_DEFAULTS = {
@@ -202,7 +204,9 @@ class RunCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self.evaluate(self.command_config.protocols)
-        finish_wandb(exit_code=0)
+        # W&B's summary holds each key's last value logged in this session; summary.json's final errors are the
+        # run's, whatever session logged them (a resumed run's val/ error may come from before the kill)
+        finish_wandb(exit_code=0, summary=final_errors(Path(self.command_config.run_dir)))
 
     def before_test(self) -> None:
         protocols = self.command_config.protocols
@@ -219,13 +223,14 @@ class RunCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
-def finish_wandb(exit_code: int) -> None:
+def finish_wandb(exit_code: int, summary: dict | None = None) -> None:
     """Ends this process's W&B run, if any, whether the command succeeded or failed (a run left open would be
     taken up by the next one in the same process). finish() returns once W&B's service has the run, not once
     it has closed the .wandb file; teardown waits for the service to stop, so an offline run is complete on
     disk, ready for `wandb sync`, when the command returns."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
+        wandb.run.summary.update(summary or {})
         wandb.run.finish(exit_code=exit_code)
         wandb.teardown()
 

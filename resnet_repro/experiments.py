@@ -12,14 +12,15 @@
 A run is named after what sets it apart (`resnet56-s0`, `resnet34-B-s0`) and lives in
 `runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a run taken
 from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them all.
-`resnet-repro run FILE` trains the runs one after another here, or writes torchrun / SLURM launch scripts
-into their directories; `--dry-run` prints them with their size and cost; `--smoke` runs the whole file in
-miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones resume,
-so rerunning the same command completes an experiment.
+`resnet-repro run FILE` trains the runs one after another here, or up to N at once with `--parallel N` (each
+a child process on devices of its own, its output in its run's fit.log, a live view here: see sweep.py), or
+writes a torchrun script into each run's directory or one SLURM array job for the experiment
+(runs/<experiment>/job.sbatch); `--dry-run` prints the runs with their size and cost; `--smoke` runs the whole
+file in miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones
+resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
-import ctypes
 import functools
 import importlib
 import itertools
@@ -43,6 +44,7 @@ from .analysis.complexity import count_macs, count_params, meta_model
 from .cli import check_config, data_class
 from .models import get_spec
 from .rundir import last_checkpoint, read_summary, write_json_atomically
+from .sweep import DevicePool, Job, cpu_threads, run_side_by_side, start_child, stop_children, visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches", "evaluate", "runs_from"}
@@ -264,20 +266,32 @@ def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, 
     return f"srun --kill-on-bad-exit=1 resnet-repro {line}" if launcher == "slurm" else f"resnet-repro {line}"
 
 
-def slurm_script(experiment: Experiment, run: Run, run_dir: Path, commands: list[str], nodes: int, devices: int) -> str:
-    # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the
-    # job; the requeued job's `fit` resumes from last.ckpt in the run directory.
+def slurm_array_script(experiment: Experiment, folder: Path, tasks: list[tuple[Run, Path, list[str]]], nodes: int,
+                       devices: int, at_once: int) -> str:
+    """One SLURM array job for the experiment (written into `folder`, runs/<experiment>/): task i runs the i-th
+    run's commands, at most `at_once` tasks at a time, each task's output in its run directory."""
+    cases = []
+    for index, (run, run_dir, commands) in enumerate(tasks):
+        log = f"{run_dir.absolute()}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out"
+        cases += [f"  {index})  # {run.name}", f'    exec >>"{log}" 2>&1', *(f"    {command}" for command in commands),
+                  "    ;;"]
+    # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the task;
+    # the requeued task's `fit` resumes from last.ckpt in the run directory.
     return "\n".join([
         "#!/bin/bash",
-        f"#SBATCH --job-name={experiment.name}/{run.name}",
+        f"#SBATCH --job-name={experiment.name}",
+        f"#SBATCH --array=0-{len(tasks) - 1}%{at_once}",
         f"#SBATCH --nodes={nodes}",
         f"#SBATCH --ntasks-per-node={devices}",
         f"#SBATCH --gpus-per-node={devices}",
         "#SBATCH --signal=SIGUSR1@90",
         "#SBATCH --requeue",
-        f"#SBATCH --output={run_dir.absolute()}/slurm-%j.out",
+        f"#SBATCH --output={folder.absolute()}/slurm-%A_%a.out",  # until the task's own log opens
+        "set -e  # a task whose fit fails stops there: no evaluation of a run that did not finish",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        *commands,
+        'case "$SLURM_ARRAY_TASK_ID" in',
+        *cases,
+        "esac",
         "",
     ])
 
@@ -292,13 +306,6 @@ def torchrun_script(run: Run, commands: list[str], nodes: int) -> str:
     ])
 
 
-def end_with_parent() -> None:
-    """In a child, before it starts: have the kernel send it SIGTERM when its parent dies, even by kill -9, so
-    that no `fit` outlives the `run` that started it and races a rerun (Linux; elsewhere a no-op)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def raise_sigterm(signum, frame) -> None:
     raise SIGTERMException()
 
@@ -306,12 +313,11 @@ def raise_sigterm(signum, frame) -> None:
 def train_here(args: list[str]) -> int:
     """`resnet-repro fit` (or `test`) in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
     is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
-    child = subprocess.Popen([sys.executable, "-m", "resnet_repro.cli", *args], preexec_fn=end_with_parent)
+    child = start_child(args)
     try:
         return child.wait()
     except BaseException:
-        child.send_signal(signal.SIGTERM)
-        child.wait()
+        stop_children([child])
         raise
 
 
@@ -336,7 +342,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, help="devices per node for each run (default: the recipe's)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes per run (torchrun and slurm)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                        help="local: train here, one run after another; torchrun / slurm: write launch scripts")
+                        help="local: train here; torchrun: write a launch script per run; slurm: write one array job")
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="local: up to N runs at once, each its own fit process on its own devices, its output in "
+                             "its run's fit.log, a live view here; slurm: at most N array tasks at once")
+    parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
+    parser.add_argument("--runs-per-gpu", type=int, metavar="K",
+                        help="with --parallel: K one-device runs share each GPU (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their size and cost; start nothing")
     parser.add_argument("--submit", action="store_true", help="start the written scripts (bash / sbatch)")
     parser.add_argument("--runs-root", type=Path, help="where <experiment>/<run>/ go (default runs, or runs-smoke)")
@@ -344,6 +356,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a miniature: every run for 4 iterations on small stand-in data in the dataset's real "
                              "format, on the CPU in this process, then its evaluations; report makes the full report")
     return parser.parse_args(argv)
+
+
+def device_pool(args: argparse.Namespace) -> DevicePool | None:
+    """The GPUs that --parallel's runs share (none on a CPU-only machine), or None without --parallel here;
+    bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
+    sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
+    if args.parallel is None or args.launcher != "local":
+        if sharing:
+            raise ValueError(f"{' and '.join(sharing)} share GPUs out between runs side by side here: they go with "
+                             f"--parallel N and the local launcher")
+        if args.parallel is not None and args.launcher == "torchrun":
+            raise ValueError("--parallel is for the local launcher (runs side by side here) and slurm (array tasks "
+                             "at once); a torchrun script runs one run")
+        if args.parallel is not None and args.parallel < 1:
+            raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
+        return None
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
+    if args.smoke:
+        raise ValueError("--smoke runs its miniatures one after another in this process: leave out --parallel")
+    visible = len(visible_gpus())
+    try:
+        gpus = [int(gpu) for gpu in args.gpus.split(",")] if args.gpus else list(range(visible))
+    except ValueError:
+        raise ValueError(f"--gpus {args.gpus}: give GPU indices separated by commas, e.g. --gpus 0,1") from None
+    hidden = [str(gpu) for gpu in gpus if not 0 <= gpu < visible]
+    if hidden:
+        raise ValueError(f"--gpus {args.gpus}: GPU {', '.join(hidden)} is not visible here (this process sees "
+                         + (f"GPUs 0 to {visible - 1})" if visible else "no GPU)"))
+    if args.runs_per_gpu is not None and not gpus:
+        raise ValueError("--runs-per-gpu shares GPUs, and this machine has none: here --parallel N splits the CPU "
+                         "cores between the N runs")
+    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
+        raise ValueError(f"--runs-per-gpu {args.runs_per_gpu}: the runs that share a GPU must be 1 or more")
+    return DevicePool(gpus, args.runs_per_gpu or 1)
 
 
 def run_command(argv: list[str]) -> None:
@@ -358,16 +405,16 @@ def run_command(argv: list[str]) -> None:
         runs = [run for run in runs if run.name in args.only]
     if args.nodes > 1 and args.launcher == "local":
         raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")
+    pool = device_pool(args)
 
-    signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the child is stopped first
+    signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
     runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
     if args.dry_run:
         print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
               f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
     else:
         write_manifest(experiment, runs_root, args.experiment, args.smoke)
-    execute = run_in_this_process if args.smoke else train_here
-    failed = []
+    jobs, tasks = [], []  # what is left to do: as Jobs (local), as script lines (torchrun, slurm)
     for run in runs:
         run_dir = runs_root / run.experiment / run.name
         devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
@@ -383,36 +430,76 @@ def run_command(argv: list[str]) -> None:
         if args.dry_run:
             print(describe(run, "\n  ".join(commands)))
             continue
-        if args.launcher == "local":
-            if summary.get("status") == "finished":
-                print(f"{run.name}: finished, skipped" + (f"; evaluating {', '.join(missing)}" if missing else ""))
-            else:
-                print(f"{run.name}: {commands[0]}", flush=True)
-                # a run directory with a checkpoint resumes: fit does that itself
-                if execute(["fit", *run_args]) != 0:
-                    failed.append(run.name)
-                    continue
-            if missing and execute(["test", *evaluate_args]) != 0:
-                failed.append(run.name)
-            continue
-        if summary.get("status") == "finished" and not missing:
-            print(f"{run.name}: finished, skipped")
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if args.launcher == "torchrun":
-            script = run_dir / "launch.sh"
-            script.write_text(torchrun_script(run, commands, args.nodes))
-            submit = ["bash", str(script)]
-        else:
-            script = run_dir / "job.sbatch"
-            script.write_text(slurm_script(experiment, run, run_dir, commands, args.nodes, devices))
-            submit = ["sbatch", str(script)]
-        print(f"{run.name}: wrote {shown(script)}")
-        if args.submit and subprocess.run(submit).returncode != 0:
-            failed.append(run.name)
+        finished = summary.get("status") == "finished"
+        if finished:
+            print(f"{run.name}: finished, skipped" + (f"; evaluating {', '.join(missing)}" if missing else ""))
+            if not missing:
+                continue
+        # a run directory with a checkpoint resumes: fit does that itself
+        todo = ([] if finished else [["fit", *run_args]]) + ([["test", *evaluate_args]] if missing else [])
+        jobs.append(Job(run.name, run_dir, devices, run.setting("trainer.max_steps"),
+                        run.setting("data.init_args.batch_size"), todo))
+        tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
+    if args.dry_run:
+        return
+    if args.launcher == "local" and pool is not None:
+        too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)} need more GPUs than the {len(pool.places)} shared out here: "
+                             f"pass --gpus with more, or --devices")
+        failed = [f"{job.name} (log: {shown(job.log)})"
+                  for job in run_side_by_side(jobs, args.parallel, pool, cpu_threads(args.parallel))]
+    elif args.launcher == "local":
+        failed = [job.name for job in jobs if not run_one_after_another(job, args.smoke)]
+    else:
+        failed = write_scripts(args, experiment, runs_root, tasks)
     if failed:
         sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
                  f"(rerun the same command to resume them)")
+
+
+def write_scripts(args: argparse.Namespace, experiment: Experiment, runs_root: Path,
+                  tasks: list[tuple[Run, Path, int, list[str]]]) -> list[str]:
+    """torchrun: launch.sh in each run directory; slurm: one array job, runs/<experiment>/job.sbatch. With
+    --submit they are started (bash / sbatch); the names of the runs whose start failed."""
+    if args.launcher == "torchrun":
+        failed = []
+        for run, run_dir, _, commands in tasks:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            script = run_dir / "launch.sh"
+            script.write_text(torchrun_script(run, commands, args.nodes))
+            print(f"{run.name}: wrote {shown(script)}")
+            if args.submit and subprocess.run(["bash", str(script)]).returncode != 0:
+                failed.append(run.name)
+        return failed
+    if not tasks:
+        print(f"{experiment.name}: every run has finished and been evaluated; no array job written")
+        return []
+    devices = sorted({devices for _, _, devices, _ in tasks})
+    if len(devices) > 1:  # an array job asks for the same resources for every task
+        raise ValueError(f"the runs of one SLURM array job share its resources, and these ask for {devices} devices "
+                         f"per node: pass --devices, or write them in groups with --only")
+    folder = runs_root / experiment.name
+    script = folder / "job.sbatch"
+    script.write_text(slurm_array_script(experiment, folder, [(run, run_dir, commands) for run, run_dir, _, commands
+                                                              in tasks], args.nodes, devices[0],
+                                         args.parallel or len(tasks)))
+    print(f"{experiment.name}: wrote {shown(script)}, an array job of {len(tasks)} tasks ("
+          + ", ".join(f"{index}: {run.name}" for index, (run, *_) in enumerate(tasks)) + ")")
+    if args.submit and subprocess.run(["sbatch", str(script)]).returncode != 0:
+        return [run.name for run, *_ in tasks]
+    return []
+
+
+def run_one_after_another(job: Job, smoke: bool) -> bool:
+    """The job's commands here, in order, each in a child (a miniature: in this process); whether all succeeded."""
+    execute = run_in_this_process if smoke else train_here
+    for command in job.commands:
+        if command[0] == "fit":
+            print(f"{job.name}: resnet-repro {shlex.join(command)}", flush=True)
+        if execute(command) != 0:
+            return False
+    return True
 
 
 # A miniature of a real run: the same code path, a few iterations on one CPU process, small stand-in data.

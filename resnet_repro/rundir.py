@@ -6,7 +6,9 @@
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
     summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
                          time, device, git revision
-    wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline)
+    wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
+                         columns to group by (dataset, family, depth, shortcut, seed, experiment)
+    fit.log              the output of its fit and test commands, when `run --parallel` started them
     .lock                held by the one process that writes the run (fit, validate, test)
 
 The run's name and its experiment (the W&B run name and group) are the directory's name and its parent's.
@@ -15,6 +17,7 @@ The run's name and its experiment (the W&B run name and group) are the directory
 
 import csv
 import fcntl
+import inspect
 import json
 import netrc
 import os
@@ -27,10 +30,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .models import get_spec
+
+EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -66,6 +73,11 @@ def write_json_atomically(path: Path, data: dict) -> None:
 def read_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def final_errors(run_dir: Path) -> dict:
+    """The run's latest val/, test/ and test/<protocol>/ errors, as summary.json keeps them."""
+    return {key: value for key, value in read_summary(run_dir).items() if key.startswith(EVALUATION_PREFIXES)}
 
 
 def git_revision() -> str:
@@ -171,16 +183,15 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
     it. Offline unless WANDB_MODE says otherwise or an API key is configured; resumes the run's W&B id."""
     try:
         import wandb
-        from lightning.pytorch.loggers import WandbLogger
-
         offline = os.environ.get("WANDB_MODE", "online" if has_wandb_key() else "offline") in ("offline", "dryrun")
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         # W&B waits 90 s for its server by default; a run that cannot reach it should not wait that long to go on
         settings = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)))
-        logger = WandbLogger(name=run_dir.name, group=run_dir.parent.name, project="resnet-repro", save_dir=str(run_dir),
-                             offline=offline, id=run_id, resume="allow" if run_id else None, config=config,
-                             settings=settings)
+        columns = wandb_columns(run_dir, config)
+        logger = RunWandbLogger(columns, name=run_dir.name, group=run_dir.parent.name, project="resnet-repro",
+                                save_dir=str(run_dir), offline=offline, id=run_id, resume="allow" if run_id else None,
+                                config={**config, **columns}, settings=settings)
         logger.experiment  # start W&B now, so that a failure to start shows here and not mid-run
         id_file.write_text(logger.version + "\n")
         return logger
@@ -191,6 +202,36 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
         if "wandb" in sys.modules:
             sys.modules["wandb"].teardown()  # end W&B's service now rather than have it retry at exit
         return None
+
+
+def wandb_columns(run_dir: Path, config: dict) -> dict:
+    """Flat keys of the run's W&B config that a researcher groups and colours runs by in the W&B UI (Figure 6:
+    group by family, colour by depth): dataset, family (plain / residual), depth, shortcut, seed, experiment."""
+    spec = get_spec(config["model"]["model"])
+    # the model's shortcut setting None means its family's default (A for CIFAR nets, B for ImageNet nets)
+    shortcut = config["model"]["shortcut"] or inspect.signature(spec.family).parameters["shortcut"].default
+    return {
+        "dataset": config["data"]["class_path"].rsplit(".", 1)[-1].removesuffix("DataModule"),
+        "family": "residual" if spec.residual else "plain",
+        "depth": spec.depth,
+        "shortcut": shortcut if spec.residual else "none",
+        "seed": config["seed_everything"],
+        "experiment": Path(run_dir).parent.name,
+    }
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning logs the module's hyperparameters into the W&B config at the start of fit and of each test, and
+    the module's `shortcut` (None for the family's default) would overwrite that column: the columns are
+    written again after each."""
+
+    def __init__(self, columns: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.columns = columns
+
+    def log_hyperparams(self, params) -> None:
+        super().log_hyperparams(params)
+        self.experiment.config.update(self.columns, allow_val_change=True)
 
 
 def has_wandb_key() -> bool:
@@ -218,7 +259,7 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         summary = {k: v for k, v in read_summary(self.run_dir).items() if k not in drop}
-        errors = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+        errors = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EVALUATION_PREFIXES)}
         write_json_atomically(self.run_dir / "summary.json", {**summary, **fields, **errors})
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:

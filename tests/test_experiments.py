@@ -79,17 +79,22 @@ def test_a_killed_experiment_resumes_where_it_stopped(tmp_path):
     assert summary(killed)["status"] == "finished" and summary(killed)["steps"] == 4
 
 
-def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
+def test_slurm_writes_one_array_job_and_torchrun_a_script_per_run(tmp_path):
     path = write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})
     main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "slurm", "--nodes", "2",
           "--devices", "4"])
-    job = (tmp_path / "runs/exps-tiny/resnet20-s0/job.sbatch").read_text()
-    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --signal=SIGUSR1@90", "#SBATCH --requeue"]:
+    job = (tmp_path / "runs/exps-tiny/job.sbatch").read_text()
+    for line in ["#SBATCH --job-name=exps-tiny", "#SBATCH --array=0-1%2", "#SBATCH --nodes=2",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --signal=SIGUSR1@90",
+                 "#SBATCH --requeue", 'case "$SLURM_ARRAY_TASK_ID" in']:
         assert line in job.splitlines()
-    [srun] = [line for line in job.splitlines() if line.startswith("srun ")]
-    assert srun.startswith("srun --kill-on-bad-exit=1 resnet-repro fit --config ") and "--model.model resnet20" in srun
-    assert srun.endswith("--trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp")
+    srun = [line.strip() for line in job.splitlines() if line.strip().startswith("srun ")]
+    assert [("--model.model plain20" in line, "--model.model resnet20" in line) for line in srun] == [(True, False),
+                                                                                                       (False, True)]
+    for name, line in zip(["plain20-s0", "resnet20-s0"], srun):  # each task's command and output in its run
+        assert line.startswith("srun --kill-on-bad-exit=1 resnet-repro fit --config ")
+        assert line.endswith("--trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp")
+        assert f'exec >>"{tmp_path}/runs/exps-tiny/{name}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1' in job
 
     main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "torchrun", "--nodes", "3",
           "--devices", "2", "--only", "plain20-s0"])
@@ -99,7 +104,7 @@ def test_slurm_and_torchrun_scripts_ask_for_the_nodes_and_devices(tmp_path):
     assert not (tmp_path / "runs/exps-tiny/resnet20-s0/launch.sh").exists()  # --only
 
 
-def test_submit_hands_each_script_to_sbatch(tmp_path, monkeypatch):
+def test_submit_hands_the_array_job_to_sbatch(tmp_path, monkeypatch):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/submitted\n")
@@ -107,8 +112,8 @@ def test_submit_hands_each_script_to_sbatch(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     path = write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})
     main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "slurm", "--submit"])
-    submitted = (tmp_path / "submitted").read_text().split()
-    assert sorted(submitted) == sorted(str(tmp_path / f"runs/exps-tiny/{n}/job.sbatch") for n in ["plain20-s0", "resnet20-s0"])
+    assert (tmp_path / "submitted").read_text().split() == [str(tmp_path / "runs/exps-tiny/job.sbatch")]
+
 
 def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     path = write_experiment(tmp_path, grid={"model.model": ["resnet20"]})

@@ -1,0 +1,165 @@
+"""`resnet-repro run --parallel N`: runs side by side train as they do one after another, a failing run leaves the
+others alone, a stopped sweep stops every run and resumes, the live view's plain lines; the SLURM array job; the
+W&B columns and summary."""
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, cli_error, summary
+from resnet_repro import experiments
+from resnet_repro.cli import main
+from resnet_repro.report.collect import read_metrics
+from resnet_repro.sweep import cpu_threads
+
+TINY = {"trainer.max_steps": 6, "data.init_args.batch_size": 8, "trainer.val_check_interval": 3,
+        "trainer.log_every_n_steps": 1, "checkpoint.every_n_train_steps": 2, "wandb": False,
+        "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
+RUNS = ["plain20-s0", "resnet20-s0", "resnet20-B-s0"]
+WANDB = {"when": {"model.model": "plain20"}, "set": {"wandb": True}}  # one run logs to W&B (offline)
+KILL = {"when": {"model.model": "resnet20", "model.shortcut": None},  # a fit that fails: killed at iteration 3
+        "set": {"trainer.callbacks": [{"class_path": "killer.KillAtStep", "init_args": {"step": 3}}]}}
+PAUSE = {"when": {"model.shortcut": "B"},  # a fit that waits at iteration 3 until it is stopped
+         "set": {"trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": 3}}]}}
+
+
+def write_experiment(folder: Path, patches: list[dict]) -> Path:
+    path = folder / "exps" / "tiny.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({
+        "recipe": str(REPO / "experiments/digits/base.yaml"), "overrides": TINY, "evaluate": ["single_view"],
+        "grid": {"model.model": ["plain20", "resnet20"]}, "runs": [{"model.model": "resnet20", "model.shortcut": "B"}],
+        "patches": patches}))
+    return path
+
+
+def wandb_records(run_dir: Path) -> tuple[dict, dict]:
+    """(config, summary) of a run's offline W&B run, read from its .wandb file (a LevelDB-style log of protobuf
+    records in 32 KiB blocks; this W&B version writes no config.yaml or wandb-summary.json offline)."""
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, position, pending, config, summary_ = path.read_bytes(), 7, b"", {}, {}  # after the file's header
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4:position + 7])  # after the chunk's CRC
+        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            items = {"run": record.run.config.update, "config": record.config.update,
+                     "summary": record.summary.update}.get(record.WhichOneof("record_type"), [])
+            target = summary_ if record.HasField("summary") else config
+            target.update({item.key or "/".join(item.nested_key): yaml.safe_load(item.value_json) for item in items})
+    return config, summary_
+
+
+def wait_for(condition, what: str, seconds: float = 240) -> None:
+    for _ in range(int(seconds / 0.2)):
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"waited {seconds} s for {what}")
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_another(tmp_path, monkeypatch, capsys):
+    path = write_experiment(tmp_path / "sweep", [WANDB, KILL, PAUSE])
+    root = tmp_path / "runs"
+    folder = root / "exps-tiny"
+    command = ["run", str(path), "--runs-root", str(root), "--parallel", "2"]
+    output = tmp_path / "run.out"
+    with open(output, "w") as out:  # stdout is a file: the live view prints plain lines
+        parent = subprocess.Popen([str(Path(sys.executable).parent / "resnet-repro"), *command], cwd=REPO, stdout=out,
+                                  stderr=subprocess.STDOUT,
+                                  env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO / "tests")})
+    try:
+        # plain20 and resnet20 start; resnet20 dies at iteration 3, and resnet20-B takes its place and waits there
+        wait_for(lambda: parent.poll() is not None or ((folder / "resnet20-B-s0/paused").is_file() and all(
+                     status in output.read_text() for status in ["status finished", "status failed"])),
+                 "plain20-s0 to finish, resnet20-s0 to fail and resnet20-B-s0 to wait at iteration 3")
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=120)
+    finally:
+        parent.kill()
+    text = output.read_text()
+    assert parent.returncode != 0 and text.splitlines()[-1] == ("resnet-repro run: stopped by SIGTERM; a run keeps its "
+                                                                "last checkpoint, and the same command resumes it"), text
+    threads = cpu_threads(2)
+    device = f"device CPU, {threads} thread\\(s\\)"
+    summary_lines = text.split("\nsummary:\n")[1].splitlines()
+    assert re.fullmatch(rf"plain20-s0: {device}, iteration 6/6, train error \d+\.\d%, images/s \d+, ETA -, "
+                        rf"status finished", summary_lines[0]), summary_lines
+    assert summary_lines[1].endswith(f"status failed (exit -9), see {folder}/resnet20-s0/fit.log"), summary_lines
+    assert summary_lines[2].startswith(f"resnet20-B-s0: device CPU, {threads} thread(s), iteration 3/6") \
+        and summary_lines[2].endswith("status stopped"), summary_lines
+    assert re.search(rf"^resnet20-B-s0: {device}, iteration -/6, .*status starting$", text, re.M)  # before its rows
+    assert (folder / "resnet20-s0/fit.log").read_text().startswith("$ resnet-repro fit --config ")
+    stopped = folder / "resnet20-B-s0"
+    assert summary(stopped)["status"] == "interrupted"  # stopped by SIGTERM after iteration 4, checkpointed
+    assert torch.load(stopped / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+    # the SLURM array job: one task per run left to do (plain20-s0 has finished)
+    main(["run", str(path), "--runs-root", str(root), "--launcher", "slurm", "--parallel", "2"])
+    job = (folder / "job.sbatch").read_text().splitlines()
+    assert "#SBATCH --array=0-1%2" in job and "#SBATCH --requeue" in job and "#SBATCH --signal=SIGUSR1@90" in job
+    assert job[job.index("  0)  # resnet20-s0") + 2].startswith("    srun --kill-on-bad-exit=1 resnet-repro fit ")
+    assert "  1)  # resnet20-B-s0" in job and "plain20-s0" not in "\n".join(job)
+
+    write_experiment(tmp_path / "sweep", [WANDB])  # the same runs, without the kill and the pause
+    main(command)  # here: this process has imported everything already (its children are fresh processes)
+    assert "plain20-s0: finished, skipped" in capsys.readouterr().out
+    assert all(summary(folder / name)["status"] == "finished" for name in RUNS)
+
+    # the same runs one after another, by run's own sequential loop (each fit in this process, on the CPU threads
+    # a run side by side had: the arithmetic is then the same)
+    reference = write_experiment(tmp_path / "reference", [WANDB])
+    monkeypatch.setattr(experiments, "train_here", experiments.run_in_this_process)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        main(["run", str(reference), "--runs-root", str(tmp_path / "reference-runs")])
+    finally:
+        torch.set_num_threads(threads_before)
+    for name in RUNS:
+        expected = read_metrics(tmp_path / "reference-runs/exps-tiny" / name)
+        assert set(expected.metric) >= {"train/loss", "val/error", "test/single_view/error"}
+        pd.testing.assert_frame_equal(read_metrics(folder / name), expected, check_exact=True, obj=name)
+
+    config, wandb_summary = wandb_records(folder / "plain20-s0")
+    assert {key: config[key] for key in ["dataset", "family", "depth", "shortcut", "seed", "experiment"]} == {
+        "dataset": "Digits", "family": "plain", "depth": 20, "shortcut": "none", "seed": 0, "experiment": "exps-tiny"}
+    final = summary(folder / "plain20-s0")
+    for key in ["val/error", "test/error", "test/single_view/error"]:
+        assert wandb_summary[key] == pytest.approx(final[key]), key
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parallel", "0"], "--parallel 0: the number of runs at once must be 1 or more"),
+    (["--gpus", "0"], "--gpus share GPUs out between runs side by side here: they go with --parallel N"),
+    (["--parallel", "2", "--gpus", "99"], "--gpus 99: GPU 99 is not visible here"),
+    (["--parallel", "2", "--gpus", "0,x"], "--gpus 0,x: give GPU indices separated by commas"),
+    (["--parallel", "2", "--smoke"], "--smoke runs its miniatures one after another in this process"),
+    (["--parallel", "2", "--launcher", "torchrun"], "--parallel is for the local launcher"),
+    pytest.param(["--parallel", "2", "--runs-per-gpu", "2"], "--runs-per-gpu shares GPUs, and this machine has none",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with GPUs accepts it")),
+])
+def test_bad_parallel_flags_are_refused_in_one_line_before_anything_is_written(tmp_path, flags, message):
+    path = write_experiment(tmp_path, [])
+    error = cli_error("run", str(path), "--runs-root", str(tmp_path / "runs"), "--only", "plain20-s0", *flags)
+    assert error.startswith("resnet-repro run: ") and message in error, error
+    assert not (tmp_path / "runs").exists()
