@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -49,16 +50,20 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if len(x) % self.group_size:
             raise ValueError(f"a batch of {len(x)} images per rank does not split into BN groups of "
                              f"{self.group_size} (model.bn_group_size): make the per-rank batch a multiple of it")
-        groups = x.unflatten(0, (-1, self.group_size))  # groups x G x C x H x W, a view
-        var, mean = torch.var_mean(groups, dim=(1, 3, 4), correction=0, keepdim=True)
-        normalised = (groups - mean) * torch.rsqrt(var + self.eps)
-        y = normalised * self.weight[:, None, None] + self.bias[:, None, None]
+        # each group through BN as a batch of its own (one fused kernel each, as on its own GPU), its running
+        # statistics moved from a copy of the current ones; their mean is one momentum step towards the mean of
+        # the groups' statistics, since the step is linear in them
+        outputs, running = [], []
+        for group in x.split(self.group_size):
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outputs.append(F.batch_norm(group, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
+            running.append(torch.stack([mean, var]))
         with torch.no_grad():
-            n = x[: self.group_size].numel() // x.shape[1]  # values per channel in a group
-            self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
-            self.running_var.lerp_(var.mean(0).flatten() * n / (n - 1), self.momentum)  # unbiased, as BN keeps it
+            mean, var = torch.stack(running).mean(0)
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
             self.num_batches_tracked += 1
-        return y.flatten(0, 1)
+        return torch.cat(outputs)
 
 
 @torch.no_grad()

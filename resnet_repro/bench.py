@@ -15,6 +15,7 @@ CIFAR-10 recipe) at the fit rate.
 """
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -169,14 +170,21 @@ def bench_command(argv: list[str]) -> None:
     parser.add_argument("--bn-group-size", type=int,
                         help="BN over groups of this many images in fit and compute (the CIFAR-10 recipe's 64; "
                              "default: the whole batch)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms and cuDNN benchmark off, as trainer.deterministic sets them")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True  # as in the recipes, for all three loops alike (the Trainer keeps it)
+    # as in the recipes, for all three loops alike (the Trainer keeps these)
+    torch.backends.cudnn.benchmark = not args.deterministic
+    if args.deterministic:  # what Lightning's Trainer(deterministic=True) sets
+        torch.use_deterministic_algorithms(True)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
-          f"compile {args.compile_mode or 'off'}, BN groups {args.bn_group_size or 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+          f"compile {args.compile_mode or 'off'}, BN groups {args.bn_group_size or 'off'}, "
+          f"deterministic {'on' if args.deterministic else 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, lightning {L.__version__}")
     figures = {}
 

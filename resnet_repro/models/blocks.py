@@ -131,7 +131,6 @@ class ResNet(nn.Module):
                 in_channels = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
         self.num_layers = 2 + sum(blocks_per_stage) * (3 if block is Bottleneck else 2)
 
@@ -145,4 +144,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        # global average pooling as a mean: unlike AdaptiveAvgPool2d's, its backward is deterministic on CUDA
+        # (trainer.deterministic refuses to run AdaptiveAvgPool2d's backward there)
+        return self.fc(x.mean(dim=(2, 3)))
