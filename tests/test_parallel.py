@@ -163,3 +163,29 @@ def test_bad_parallel_flags_are_refused_in_one_line_before_anything_is_written(t
     error = cli_error("run", str(path), "--runs-root", str(tmp_path / "runs"), "--only", "plain20-s0", *flags)
     assert error.startswith("resnet-repro run: ") and message in error, error
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_live_view_on_a_terminal_is_a_table_of_every_run(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from resnet_repro.sweep import Job, LiveView, observe
+
+    run_dir = tmp_path / "resnet20-s0"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("lr,step,train/error,train/loss\n0.1,1,0.9,2.3\n0.1,2,0.75,2.1\n")
+    jobs = [Job("resnet20-s0", run_dir, 1, 6, 8, [], status="starting", device="GPU 0, 8 thread(s)"),
+            Job("plain20-s0", tmp_path / "plain20-s0", 1, 6, 8, [])]
+    observe(jobs[0])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    view = LiveView(jobs)
+    assert view.live is not None  # on a terminal: rich, redrawn in place
+    console = Console(file=io.StringIO(), width=200)
+    console.print(view.table())
+    lines = console.file.getvalue().splitlines()
+    assert any(all(word in line for word in ["run", "device", "iteration", "train error", "images/s", "ETA", "status"])
+               for line in lines)
+    assert any(all(cell in line for cell in ["resnet20-s0", "GPU 0, 8 thread(s)", "2/6", "75.0%", "training"])
+               for line in lines), lines
+    assert any(all(cell in line for cell in ["plain20-s0", "-/6", "waiting"]) for line in lines), lines
