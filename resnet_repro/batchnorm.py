@@ -24,7 +24,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     A batch of at most `group_size` images is one group (plain BN). The running statistics are updated once
     per batch, by the usual momentum, towards the mean of the groups' statistics; under DDP each rank keeps its
-    own and Lightning broadcasts rank 0's, as with plain BN. Evaluation uses the running statistics, as always.
+    own and DDP's `broadcast_buffers` hands rank 0's to the others, as with plain BN. Evaluation uses the running statistics, as always.
     """
 
     def __init__(self, num_features: int, group_size: int, **kwargs):

@@ -175,6 +175,8 @@ def bench_command(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
+    if args.bn_group_size is not None and args.bn_group_size < 1:
+        raise ValueError(f"--bn-group-size must be at least 1 image, got {args.bn_group_size}")
     device = torch.device(args.device)
     # as in the recipes, for all three loops alike (the Trainer keeps these)
     torch.backends.cudnn.benchmark = not args.deterministic

@@ -362,6 +362,8 @@ def device_pool(args: argparse.Namespace) -> DevicePool | None:
     """The GPUs that --parallel's runs share (none on a CPU-only machine), or None without --parallel here;
     bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
     sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
+    if args.parallel is not None and args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
     if args.parallel is None or args.launcher != "local":
         if sharing:
             raise ValueError(f"{' and '.join(sharing)} share GPUs out between runs side by side here: they go with "
@@ -369,11 +371,7 @@ def device_pool(args: argparse.Namespace) -> DevicePool | None:
         if args.parallel is not None and args.launcher == "torchrun":
             raise ValueError("--parallel is for the local launcher (runs side by side here) and slurm (array tasks "
                              "at once); a torchrun script runs one run")
-        if args.parallel is not None and args.parallel < 1:
-            raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
         return None
-    if args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
     if args.smoke:
         raise ValueError("--smoke runs its miniatures one after another in this process: leave out --parallel")
     visible = len(visible_gpus())
@@ -418,6 +416,9 @@ def run_command(argv: list[str]) -> None:
     for run in runs:
         run_dir = runs_root / run.experiment / run.name
         devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
+        if not isinstance(devices, int) or devices < 1:
+            raise ValueError(f"run {run.name}: {devices!r} devices: each run of an experiment takes a number of "
+                             f"devices, 1 or more (set trainer.devices, or --devices N)")
         extra = smoke_args(run, runs_root / ".standin-data" / experiment.name) if args.smoke else []
         extra += device_args(args.launcher, devices, args.nodes, asked=args.devices is not None or args.smoke)
         run_args = run.fit_args(run_dir) + extra
@@ -438,7 +439,7 @@ def run_command(argv: list[str]) -> None:
         # a run directory with a checkpoint resumes: fit does that itself
         todo = ([] if finished else [["fit", *run_args]]) + ([["test", *evaluate_args]] if missing else [])
         jobs.append(Job(run.name, run_dir, devices, run.setting("trainer.max_steps"),
-                        run.setting("data.init_args.batch_size"), todo))
+                        run.setting("data.init_args.batch_size"), todo, on_gpu=run.setting("trainer.accelerator") != "cpu"))
         tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
     if args.dry_run:
         return

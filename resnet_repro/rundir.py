@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .models import get_spec
@@ -229,6 +230,7 @@ class RunWandbLogger(WandbLogger):
         super().__init__(**kwargs)
         self.columns = columns
 
+    @rank_zero_only  # the other ranks of a DDP run have no W&B run
     def log_hyperparams(self, params) -> None:
         super().log_hyperparams(params)
         self.experiment.config.update(self.columns, allow_val_change=True)

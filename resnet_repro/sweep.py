@@ -100,6 +100,7 @@ class Job:
     max_steps: int
     batch_size: int
     commands: list[list[str]]  # resnet-repro arguments: ["fit", ...], ["test", ...]
+    on_gpu: bool = True  # False for a CPU recipe (trainer.accelerator cpu): it takes no place on a GPU
     status: str = "waiting"
     device: str = ""
     gpus: dict[int, int] = field(default_factory=dict)
@@ -131,22 +132,28 @@ def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
     return None
 
 
+COLUMNS = ("run", "device", "iteration", "train error", "images/s", "ETA", "status")
+
+
+def hours_minutes_seconds(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
 def cells(job: Job) -> dict[str, str]:
     """What the view shows of a run: name, device, iteration / max, training error, images/s, ETA, status."""
     step, error = job.progress or (None, None)
     rate = None  # iterations per second of this command, between the first and the latest new row
     if job.first_move and job.last_move[1] > job.first_move[1]:
         rate = (job.last_move[1] - job.first_move[1]) / (job.last_move[0] - job.first_move[0])
-    return {
-        "run": job.name,
-        "device": job.device,
-        "iteration": f"{step if step is not None else '-'}/{job.max_steps}",
-        "train error": f"{100 * error:.1f}%" if error is not None else "-",
-        "images/s": f"{rate * job.batch_size:.0f}" if rate else "-",
-        "ETA": time.strftime("%H:%M:%S", time.gmtime((job.max_steps - step) / rate))
-               if rate and job.status == "training" else "-",
-        "status": job.status,
-    }
+    return dict(zip(COLUMNS, [
+        job.name,
+        job.device,
+        f"{step if step is not None else '-'}/{job.max_steps}",
+        f"{100 * error:.1f}%" if error is not None else "-",
+        f"{rate * job.batch_size:.0f}" if rate else "-",
+        hours_minutes_seconds((job.max_steps - step) / rate) if rate and job.status == "training" else "-",
+        job.status,
+    ]))
 
 
 class LiveView:
@@ -166,10 +173,9 @@ class LiveView:
     def table(self):
         from rich.table import Table
 
-        rows = [cells(job) for job in self.jobs]
-        table = Table(*rows[0])
-        for row in rows:
-            table.add_row(*row.values())
+        table = Table(*COLUMNS)
+        for job in self.jobs:
+            table.add_row(*cells(job).values())
         return table
 
     def __enter__(self) -> "LiveView":
@@ -215,7 +221,7 @@ def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: 
                 for job in list(waiting):
                     if len(running) == parallel:
                         break
-                    job.gpus = pool.take(job.devices)
+                    job.gpus = pool.take(job.devices) if job.on_gpu else {}
                     if job.gpus is not None:
                         waiting.remove(job)
                         running.append(job)
@@ -234,7 +240,7 @@ def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: 
                 view.refresh()
                 time.sleep(POLL_S if running else 0)
         except BaseException:
-            stop_children([job.process for job in running])
+            stop_children([job.process for job in running if job.process is not None])
             for job in running:
                 job.status = "stopped"
             raise

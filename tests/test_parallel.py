@@ -189,3 +189,18 @@ def test_the_live_view_on_a_terminal_is_a_table_of_every_run(tmp_path, monkeypat
     assert any(all(cell in line for cell in ["resnet20-s0", "GPU 0, 8 thread(s)", "2/6", "75.0%", "training"])
                for line in lines), lines
     assert any(all(cell in line for cell in ["plain20-s0", "-/6", "waiting"]) for line in lines), lines
+
+
+def test_the_gpu_pool_shares_gpus_by_runs_per_gpu_and_gives_multi_gpu_runs_whole_gpus():
+    from resnet_repro.sweep import DevicePool
+
+    pool = DevicePool([0, 1], runs_per_gpu=2)
+    first, second = pool.take(1), pool.take(1)
+    assert (first, second) == ({0: 1}, {1: 1})  # the least shared GPU first
+    assert pool.take(2) is None  # a two-GPU run needs two GPUs that nothing else uses
+    third, fourth = pool.take(1), pool.take(1)
+    assert (third, fourth) == ({0: 1}, {1: 1}) and pool.take(1) is None  # 2 runs per GPU, no more
+    for taken in (first, second, third, fourth):
+        pool.give_back(taken)
+    assert pool.take(2) == {0: 2, 1: 2} and pool.take(1) is None
+    assert DevicePool([], runs_per_gpu=1).take(4) == {}  # no GPUs: every run on its CPU threads

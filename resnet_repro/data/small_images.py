@@ -176,7 +176,12 @@ class SmallImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TrainBatches:
         rank, world_size = self.rank_and_world_size
         return TrainBatches(*self.splits["train"], self.mean, self.batch_size, rank, world_size, self.seed,
-                            first_step=lambda: self.trainer.global_step if self.trainer else 0)
+                            first_step=self.first_step)
+
+    def first_step(self) -> int:
+        """Where the training stream starts: during fit, at the trainer's step (a resumed run goes on where it
+        stopped); anywhere else (precise BN before a test), at step 0, so that fit and test see the same batches."""
+        return self.trainer.global_step if self.trainer and self.trainer.state.fn == "fit" else 0
 
     @property
     def val_splits(self) -> list[str]:
