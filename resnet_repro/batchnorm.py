@@ -11,12 +11,14 @@ training batches; the `PreciseBN` callback does so before every test.
 """
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -66,6 +68,20 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return torch.cat(outputs)
 
 
+@contextmanager
+def hooked(model: nn.Module, hooks: list[RemovableHandle], training: bool) -> Iterator[None]:
+    """`model` in train or eval mode with `hooks` registered, for a pass over some batches; on the way out, however
+    it ends, the hooks are removed and the model's mode is restored."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def precise_bn(net: nn.Module, batches: Iterable[Tensor], reduce_sum=lambda t: t) -> int:
     """Set the running mean and variance of every BN of `net` to the mean and variance of its input over all
@@ -73,25 +89,21 @@ def precise_bn(net: nn.Module, batches: Iterable[Tensor], reduce_sum=lambda t: t
     mode: each BN normalises by its batch). Across DDP ranks pass `reduce_sum`, a sum over the ranks.
     Returns the number of images seen (on this rank)."""
     norms = [module for module in net.modules() if isinstance(module, nn.BatchNorm2d)]
-    moments = {norm: torch.zeros(3, norm.num_features, dtype=torch.float64) for norm in norms}  # count, sum, sum sq
+    # count, sum and sum of squares per channel, kept on the BN's device: no host sync per batch
+    moments = {norm: torch.zeros(3, norm.num_features, dtype=torch.float64, device=norm.running_mean.device)
+               for norm in norms}
 
     def accumulate(norm: nn.BatchNorm2d, inputs: tuple[Tensor]) -> None:
         x = inputs[0].double().transpose(0, 1).flatten(1)  # C x (N H W)
-        moments[norm] += torch.stack([torch.full_like(x[:, 0], x.shape[1]), x.sum(1), x.square().sum(1)]).cpu()
+        moments[norm] += torch.stack([torch.full_like(x[:, 0], x.shape[1]), x.sum(1), x.square().sum(1)])
 
-    hooks = [norm.register_forward_pre_hook(accumulate) for norm in norms]
-    was_training, images = net.training, 0
-    try:
-        net.train()
+    images = 0
+    with hooked(net, [norm.register_forward_pre_hook(accumulate) for norm in norms], training=True):
         for batch in batches:
             net(batch)
             images += len(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        net.train(was_training)
     for norm in norms:
-        count, total, total_sq = reduce_sum(moments[norm].to(norm.running_mean.device))
+        count, total, total_sq = reduce_sum(moments[norm])
         mean = total / count
         var = (total_sq - count * mean.square()) / (count - 1)  # unbiased, as BN keeps it
         norm.running_mean.copy_(mean)

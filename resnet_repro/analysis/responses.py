@@ -20,6 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from ..batchnorm import hooked
 from ..models import BasicBlock, Bottleneck
 from ..report.write import staged
 from ..rundir import read_checkpoint
@@ -58,21 +59,14 @@ def per_image_moments(model: nn.Module, batches: Iterable[Tensor], num_images: i
                                               values.square().sum(2)], dim=1))
         return hook
 
-    hooks = [bn.register_forward_hook(record(name)) for name, bn in layers]
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
+    with hooked(model, [bn.register_forward_hook(record(name)) for name, bn in layers], training=False):
         for images in batches:
             if num_images is not None and seen >= num_images:
                 break
             images = images if num_images is None else images[: num_images - seen]
             model(images)
             seen += len(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
     return {name: torch.cat(parts) for name, parts in moments.items()}
 
 
