@@ -5,7 +5,7 @@
                          test/<protocol>/ error of each evaluation after training
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
     summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
-                         time, device, git revision
+                         time, training images/s of the latest session, device, git revision
     wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
                          columns to group by (dataset, family, depth, shortcut, seed, experiment)
     fit.log              the output of its fit and test commands, when `run --parallel` started them
@@ -256,6 +256,16 @@ class RunSummary(L.Callback):
         self.config_change = config_change  # {"step": ..., "changed": {key: [old, new]}} accepted on resume
         self.git_revision = git_revision()
         self.started = time.monotonic()
+        self.images_trained = 0  # by all ranks, in this session's training iterations
+        self.first_batch_at = self.last_batch_at = None
+
+    def throughput(self) -> dict:
+        """train_images_per_s: the images of this session's iterations over the time from the start of its first to
+        the end of its last (validation and checkpoints in between included, set-up not); none before an
+        iteration has ended."""
+        if not self.images_trained or self.last_batch_at == self.first_batch_at:
+            return {}
+        return {"train_images_per_s": round(self.images_trained / (self.last_batch_at - self.first_batch_at), 1)}
 
     def update(self, trainer: L.Trainer, fields: dict, drop: tuple[str, ...] = ()) -> None:
         if not trainer.is_global_zero:
@@ -282,6 +292,7 @@ class RunSummary(L.Callback):
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "git_revision": self.git_revision,
             "command": self.command,
+            **self.throughput(),
             **extra,
         }, drop=("error",))  # the error of an earlier session is history once the run goes on
 
@@ -289,6 +300,14 @@ class RunSummary(L.Callback):
         changes = read_summary(self.run_dir).get("config_changes", [])
         accepted = {"config_changes": [*changes, self.config_change]} if self.config_change else {}
         self.write(trainer, pl_module, "running", **accepted)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_batch_at is None:
+            self.first_batch_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images_trained += len(batch[1]) * trainer.world_size  # each rank's share of the global batch
+        self.last_batch_at = time.monotonic()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":

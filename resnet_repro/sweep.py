@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .rundir import read_summary
+
 POLL_S = 1.0  # how often the children are checked and the view redrawn
 PLAIN_EVERY_S = 30.0  # without a terminal: every run's line this often, and a line whenever a run's status changes
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
@@ -108,6 +110,7 @@ class Job:
     progress: tuple[int, float] | None = None  # (iteration, training error) of the latest row of metrics.csv
     first_move: tuple[float, int] | None = None  # (time, iteration) when this command's first new row was seen
     last_move: tuple[float, int] | None = None  # (time, iteration) when its latest new row was seen
+    images_per_s: float | None = None  # once its fit has ended: the run's own figure, from summary.json
 
     @property
     def log(self) -> Path:
@@ -142,16 +145,17 @@ def hours_minutes_seconds(seconds: float) -> str:
 def cells(job: Job) -> dict[str, str]:
     """What the view shows of a run: name, device, iteration / max, training error, images/s, ETA, status."""
     step, error = job.progress or (None, None)
-    rate = None  # iterations per second of this command, between the first and the latest new row
-    if job.first_move and job.last_move[1] > job.first_move[1]:
-        rate = (job.last_move[1] - job.first_move[1]) / (job.last_move[0] - job.first_move[0])
+    rate = job.images_per_s  # once ended, the run's own figure; while training, between the first and latest row seen
+    if not rate and job.first_move and job.last_move[1] > job.first_move[1]:
+        rate = job.batch_size * (job.last_move[1] - job.first_move[1]) / (job.last_move[0] - job.first_move[0])
     return dict(zip(COLUMNS, [
         job.name,
         job.device,
         f"{step if step is not None else '-'}/{job.max_steps}",
         f"{100 * error:.1f}%" if error is not None else "-",
-        f"{rate * job.batch_size:.0f}" if rate else "-",
-        hours_minutes_seconds((job.max_steps - step) / rate) if rate and job.status == "training" else "-",
+        f"{rate:.0f}" if rate else "-",
+        hours_minutes_seconds((job.max_steps - step) * job.batch_size / rate) if rate and job.status == "training"
+        else "-",
         job.status,
     ]))
 
@@ -231,6 +235,7 @@ def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: 
                     if exit_code == 0 and job.commands:
                         start_next(job, threads)
                     elif exit_code is not None:
+                        settle(job)
                         job.status = "finished" if exit_code == 0 else f"failed (exit {exit_code}), see {job.log}"
                         job.process = None
                         running.remove(job)
@@ -242,6 +247,7 @@ def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: 
         except BaseException:
             stop_children([job.process for job in running if job.process is not None])
             for job in running:
+                settle(job)
                 job.status = "stopped"
             raise
         finally:
@@ -263,6 +269,13 @@ def start_next(job: Job, threads: int) -> None:
         job.process = start_child(args, env, log)
     job.status = "starting" if args[0] == "fit" else "testing"
     job.progress, job.first_move, job.last_move = latest_training_row(job.run_dir), None, None
+
+
+def settle(job: Job) -> None:
+    """A job whose last command has ended, or was stopped: its final row, and its training rate as the run measured it itself (a
+    short fit may end between two looks of the view, before it had two rows to time)."""
+    job.progress = latest_training_row(job.run_dir) or job.progress
+    job.images_per_s = read_summary(job.run_dir).get("train_images_per_s")
 
 
 def observe(job: Job) -> None:

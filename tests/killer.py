@@ -28,3 +28,13 @@ class PauseAtStep(L.Callback):
                 f.write(f"{os.getpid()}\n")
             while not trainer.received_sigterm:  # Lightning's SIGTERM handler sets it; it then stops the run
                 time.sleep(0.05)
+
+
+class SleepAfterStep(L.Callback):
+    """Makes every training iteration last at least `seconds`: a known ceiling for a measured rate."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)

@@ -101,10 +101,12 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     threads = cpu_threads(2)
     device = f"device CPU, {threads} thread\\(s\\)"
     summary_lines = text.split("\nsummary:\n")[1].splitlines()
-    assert re.fullmatch(rf"plain20-s0: {device}, iteration 6/6, train error \d+\.\d%, images/s \d+, ETA -, "
+    rate = summary(folder / "plain20-s0")["train_images_per_s"]  # the run's own figure, however fast the machine
+    assert re.fullmatch(rf"plain20-s0: {device}, iteration 6/6, train error \d+\.\d%, images/s {rate:.0f}, ETA -, "
                         rf"status finished", summary_lines[0]), summary_lines
     assert summary_lines[1].endswith(f"status failed (exit -9), see {folder}/resnet20-s0/fit.log"), summary_lines
-    assert summary_lines[2].startswith(f"resnet20-B-s0: device CPU, {threads} thread(s), iteration 3/6") \
+    # stopped while it waited at iteration 3, it ends iteration 4 with its checkpoint: its line says so
+    assert summary_lines[2].startswith(f"resnet20-B-s0: device CPU, {threads} thread(s), iteration 4/6") \
         and summary_lines[2].endswith("status stopped"), summary_lines
     assert re.search(rf"^resnet20-B-s0: {device}, iteration -/6, .*status starting$", text, re.M)  # before its rows
     assert (folder / "resnet20-s0/fit.log").read_text().startswith("$ resnet-repro fit --config ")
@@ -189,6 +191,35 @@ def test_the_live_view_on_a_terminal_is_a_table_of_every_run(tmp_path, monkeypat
     assert any(all(cell in line for cell in ["resnet20-s0", "GPU 0, 8 thread(s)", "2/6", "75.0%", "training"])
                for line in lines), lines
     assert any(all(cell in line for cell in ["plain20-s0", "-/6", "waiting"]) for line in lines), lines
+
+
+def test_a_fit_that_ends_between_two_looks_of_the_view_shows_its_last_row_and_its_own_rate(tmp_path):
+    from resnet_repro.sweep import Job, cells, settle
+
+    run_dir = tmp_path / "resnet20-s0"
+    run_dir.mkdir()
+    job = Job("resnet20-s0", run_dir, 1, 6, 8, [], status="starting")
+    assert cells(job)["images/s"] == "-" and cells(job)["iteration"] == "-/6"  # no row, no rate: stated, not guessed
+    # the whole fit happened before the view looked once: six rows, and the rate the run measured itself
+    (run_dir / "metrics.csv").write_text("lr,step,train/error,train/loss\n" + "".join(
+        f"0.1,{step},0.{9 - step},2.{9 - step}\n" for step in range(1, 7)))
+    (run_dir / "summary.json").write_text('{"status": "finished", "train_images_per_s": 123.4}')
+    settle(job)
+    job.status = "finished"
+    assert {key: cells(job)[key] for key in ["iteration", "train error", "images/s", "ETA"]} == {
+        "iteration": "6/6", "train error": "30.0%", "images/s": "123", "ETA": "-"}
+
+
+def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path):
+    from conftest import fit
+
+    run = tmp_path / "exp" / "r"
+    fit("--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(run), "--trainer.max_steps", "4",
+        "--data.init_args.batch_size", "8", "--trainer.limit_val_batches", "0",
+        "--trainer.callbacks+=killer.SleepAfterStep", "--trainer.callbacks.init_args.seconds", "0.25")
+    state = summary(run)
+    # 4 iterations of 8 images, each at least 0.25 s: at most 32 images/s, and more than 32 over the whole fit's time
+    assert 32 / state["wall_time_s"] < state["train_images_per_s"] <= 32
 
 
 def test_the_gpu_pool_shares_gpus_by_runs_per_gpu_and_gives_multi_gpu_runs_whole_gpus():
