@@ -16,7 +16,9 @@ import re
 import shlex
 import sys
 import warnings
+from fractions import Fraction
 from pathlib import Path
+from typing import Optional
 
 import yaml
 from jsonargparse import ArgumentError
@@ -88,6 +90,8 @@ def check_values(config, subcommand: str | None) -> None:
     if subcommand in ("fit", None) and not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"trainer.max_steps must be a positive number of iterations, not {max_steps} (the "
                          f"recipes stop at max_steps: their schedules are in iterations)")
+    if config.budget is not None:
+        budget_fraction(config.budget)
     data = data_class(config.data.class_path)
     unknown = [protocol for protocol in config.protocols if protocol not in data.protocols]
     if unknown:
@@ -95,6 +99,18 @@ def check_values(config, subcommand: str | None) -> None:
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")
+
+
+def budget_fraction(text: str) -> Fraction:
+    """A budget, the fraction of the paper's schedule a run trains for: 1/2, 1/8, 0.25 (at most 1)."""
+    try:
+        budget = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        budget = None
+    if budget is None or not 0 < budget <= 1:
+        raise ValueError(f"--budget {text}: give the fraction of the paper's schedule to train for, above 0 and at most "
+                         f"1, e.g. 1/8 or 0.125")
+    return budget
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -129,6 +145,9 @@ class RunCLI(LightningCLI):
         parser.add_argument("--precise_bn_batches", type=NonNegativeInt, default=0,
                             help="before each test, recompute the BN statistics over this many training batches with "
                                  "the weights frozen (precise BN); 0: the moving averages of training")
+        parser.add_argument("--budget", type=Optional[str], default=None,
+                            help="the fraction of the paper's schedule (e.g. 1/32) that `run --budget` scaled this run's "
+                                 "iteration counts to; recorded in summary.json and W&B. None: the full schedule")
         parser.add_argument("--accept_config_change", type=bool, default=False,
                             help="resume a run with settings that differ from its config.yaml (the change is "
                                  "recorded in summary.json); without it such a resume is refused")
@@ -147,7 +166,7 @@ class RunCLI(LightningCLI):
         kwargs["default_root_dir"] = str(run_dir)
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change))
+        trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
         if config.precise_bn_batches:
             trainer.callbacks.append(PreciseBN(config.precise_bn_batches))
         return trainer
@@ -248,11 +267,12 @@ class ConfigCheck(RunCLI):
         pass
 
 
-def check_config(args: list[str]) -> None:
-    """Raise jsonargparse's ArgumentError if `resnet-repro fit ARGS` would not parse."""
+def check_config(args: list[str]) -> dict:
+    """The config `resnet-repro fit ARGS` resolves to (defaults included); jsonargparse's ArgumentError if it
+    would not parse."""
     with warnings.catch_warnings():  # LightningCLI warns when given args while sys.argv holds another command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        build_cli(args, run=False, cli_class=ConfigCheck)
+        return build_cli(args, run=False, cli_class=ConfigCheck).config.as_dict()
 
 
 def build_cli(args: list[str] | None, run: bool = True, cli_class: type[RunCLI] = RunCLI) -> RunCLI:

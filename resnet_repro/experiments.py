@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .analysis.complexity import count_macs, count_params, meta_model
-from .cli import check_config, data_class
+from .cli import budget_fraction, check_config, data_class
 from .models import get_spec
 from .rundir import last_checkpoint, read_summary, write_json_atomically
 from .sweep import DevicePool, Job, cpu_threads, run_side_by_side, start_child, stop_children, visible_gpus
@@ -51,8 +52,19 @@ TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches", "ev
 LAUNCHERS = ("local", "torchrun", "slurm")
 # The recipe settings for what the paper leaves implicit (README, Deviations): `--dry-run` names a run's that
 # differ from its recipe.
+# Every iteration count of a recipe: what `run --budget F` scales by F (nothing else: batch, lr, data and
+# augmentation stay the paper's).
+SCHEDULE_KEYS = ("trainer.max_steps", "model.milestones", "trainer.val_check_interval",
+                 "checkpoint.every_n_train_steps", "model.warmup_max_steps")
 FIDELITY_SWITCHES = ("data.init_args.train_on_all", "model.bn_group_size", "model.warmup", "model.sgd_form",
                      "precise_bn_batches", "trainer.deterministic")
+
+
+def dotted(config: dict, key: str):
+    """A nested config's value for a dotted key (None where it has none)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 @dataclass
@@ -70,10 +82,7 @@ class Run:
         return self.settings[key] if key in self.settings else self.recipe_setting(key)
 
     def recipe_setting(self, key: str):
-        value = self.recipe_config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
+        return dotted(self.recipe_config, key)
 
     def fit_args(self, run_dir: Path, protocols: list[str] | None = None) -> list[str]:
         """The arguments of `resnet-repro fit` for this run (and of `test` under `protocols`)."""
@@ -145,8 +154,34 @@ def check_shapes(path: Path, spec: dict) -> None:
             refuse("each patch", patch, "{when: {key: value}, set: {key: value}}")
 
 
-def load_experiment(path: Path, seen: frozenset = frozenset()) -> Experiment:
-    """Read and expand an experiment file; anything malformed raises ValueError naming the file and run."""
+def budget_label(budget: Fraction) -> str:
+    """How a budget marks the experiment's folder: runs/<experiment>@1-32/ (none for the full schedule)."""
+    return "" if budget == 1 else f"@{budget.numerator}-{budget.denominator}"
+
+
+def scaled_schedule(config: dict, budget: Fraction) -> dict:
+    """The settings that train a resolved fit config for `budget` of its schedule: each iteration count x budget
+    (rounded, at least 1), the budget recorded."""
+    def scale(count: int) -> int:
+        return max(1, round(count * budget))
+
+    settings = {}
+    for key in SCHEDULE_KEYS:
+        value = dotted(config, key)
+        if isinstance(value, list):
+            settings[key] = [scale(count) for count in value]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            settings[key] = scale(value)
+        elif value is not None:  # val_check_interval as a fraction of an epoch: not an iteration count
+            raise ValueError(f"{key} is {value!r}: a budget scales iteration counts, and this one is not a whole "
+                             f"number of iterations")
+    return {**settings, "budget": str(budget)}
+
+
+def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction = Fraction(1)) -> Experiment:
+    """Read and expand an experiment file, at `budget` of the paper's schedule (its runs then live in
+    runs/<experiment>@<budget>/, apart from the full ones); anything malformed raises ValueError naming the file
+    and run."""
     path = Path(path)
     spec = load_yaml(path, "an experiment file")
     unknown = sorted(set(spec) - TOP_LEVEL_KEYS)
@@ -161,7 +196,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset()) -> Experiment:
     patches = spec.get("patches") or []
 
     protocols = spec.get("evaluate") or []
-    experiment = Experiment(experiment_name(path), recipe, protocols, [])
+    experiment = Experiment(experiment_name(path) + budget_label(budget), recipe, protocols, [])
     recipe_config = load_yaml(recipe, "a recipe")
     grid = spec.get("grid") or {}
     entries = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
@@ -186,13 +221,16 @@ def load_experiment(path: Path, seen: frozenset = frozenset()) -> Experiment:
                 if all(run.setting(key) == value for key, value in patch["when"].items()):
                     run.settings.update(patch["set"])
             try:
-                check_config(run.fit_args(Path("runs") / experiment.name / run.name))
+                config = check_config(run.fit_args(Path("runs") / experiment.name / run.name))
+                if budget != 1:
+                    run.settings.update(scaled_schedule(config, budget))
+                    check_config(run.fit_args(Path("runs") / experiment.name / run.name))
                 build_on_meta(run)
             except (ArgumentError, ValueError) as error:
                 raise ValueError(f"{path}: run {run.name}: {error}") from error
             experiment.runs.append(run)
     for source in spec.get("runs_from") or []:
-        experiment.runs += shared_runs(path, source, seen | {path.resolve()})
+        experiment.runs += shared_runs(path, source, seen | {path.resolve()}, budget)
     check_protocols(path, experiment)
 
     names = [f"{run.experiment}/{run.name}" for run in experiment.runs]
@@ -202,7 +240,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset()) -> Experiment:
     return experiment
 
 
-def shared_runs(path: Path, source: dict, seen: set[Path]) -> list[Run]:
+def shared_runs(path: Path, source: dict, seen: set[Path], budget: Fraction) -> list[Run]:
     """The runs an experiment takes from another (`runs_from: [{experiment: FILE, runs: [NAME, ...]}]`, all of
     its runs when `runs` is left out): trained once, in the other experiment's folder, with its settings."""
     if not isinstance(source, dict) or "experiment" not in source or set(source) - {"experiment", "runs"}:
@@ -213,7 +251,7 @@ def shared_runs(path: Path, source: dict, seen: set[Path]) -> list[Run]:
         raise ValueError(f"{path}: runs_from {source['experiment']} comes back to an experiment already read")
     if not other.is_file():
         raise ValueError(f"{path}: runs_from {source['experiment']} does not exist (paths are relative to {REPO})")
-    runs = load_experiment(other, seen).runs
+    runs = load_experiment(other, seen, budget).runs
     wanted = source.get("runs") or [run.name for run in runs]
     missing = sorted(set(wanted) - {run.name for run in runs})
     if missing:
@@ -251,8 +289,12 @@ def describe(run: Run, command: str) -> str:
     flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
     switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
                 for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
+    budget = run.settings.get("budget")
+    schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
+        f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs\n" + (f"  switches: {'; '.join(switches)}\n" if switches else "") + f"  {command}")
+            f"{flops:.3g} training FLOPs\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
+            + f"  {command}")
 
 
 def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, devices: int) -> str:
@@ -349,6 +391,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
     parser.add_argument("--runs-per-gpu", type=int, metavar="K",
                         help="with --parallel: K one-device runs share each GPU (default 1)")
+    parser.add_argument("--budget", default="1", metavar="F",
+                        help="train for F of the paper's schedule (1/2, 1/8, 1/32, ...): every iteration count x F "
+                             "(max_steps, lr milestones, validation and checkpoint intervals, the warm-up's cap), "
+                             "nothing else; the runs live in runs/<experiment>@1-32/, apart from the full ones")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their size and cost; start nothing")
     parser.add_argument("--submit", action="store_true", help="start the written scripts (bash / sbatch)")
     parser.add_argument("--runs-root", type=Path, help="where <experiment>/<run>/ go (default runs, or runs-smoke)")
@@ -393,7 +439,7 @@ def device_pool(args: argparse.Namespace) -> DevicePool | None:
 
 def run_command(argv: list[str]) -> None:
     args = parse_args(argv)
-    experiment = load_experiment(args.experiment)
+    experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget))
     runs = experiment.runs
     if args.only:
         missing = sorted(set(args.only) - {run.name for run in runs})

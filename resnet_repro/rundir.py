@@ -7,7 +7,7 @@
     summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
                          time, training images/s of the latest session, device, git revision
     wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
-                         columns to group by (dataset, family, depth, shortcut, seed, experiment)
+                         columns to group by (dataset, family, depth, shortcut, seed, experiment, budget)
     fit.log              the output of its fit and test commands, when `run --parallel` started them
     .lock                held by the one process that writes the run (fit, validate, test)
 
@@ -207,7 +207,8 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
 
 def wandb_columns(run_dir: Path, config: dict) -> dict:
     """Flat keys of the run's W&B config that a researcher groups and colours runs by in the W&B UI (Figure 6:
-    group by family, colour by depth): dataset, family (plain / residual), depth, shortcut, seed, experiment."""
+    group by family, colour by depth): dataset, family (plain / residual), depth, shortcut, seed, experiment, budget
+    (the fraction of the paper's schedule: "1" for the full one)."""
     spec = get_spec(config["model"]["model"])
     # the model's shortcut setting None means its family's default (A for CIFAR nets, B for ImageNet nets)
     shortcut = config["model"]["shortcut"] or inspect.signature(spec.family).parameters["shortcut"].default
@@ -218,6 +219,7 @@ def wandb_columns(run_dir: Path, config: dict) -> dict:
         "shortcut": shortcut if spec.residual else "none",
         "seed": config["seed_everything"],
         "experiment": Path(run_dir).parent.name,
+        "budget": config.get("budget") or "1",
     }
 
 
@@ -250,8 +252,8 @@ class RunSummary(L.Callback):
     the end of a fit (running / finished / failed / interrupted), and after every evaluation. What a write does
     not renew (the last errors of an earlier session, the history of accepted config changes) is kept."""
 
-    def __init__(self, run_dir: Path, command: str, config_change: dict | None = None):
-        self.run_dir, self.command = Path(run_dir), command
+    def __init__(self, run_dir: Path, command: str, config_change: dict | None = None, budget: str | None = None):
+        self.run_dir, self.command, self.budget = Path(run_dir), command, budget
         self.previous_wall_time = read_summary(self.run_dir).get("wall_time_s", 0.0)
         self.config_change = config_change  # {"step": ..., "changed": {key: [old, new]}} accepted on resume
         self.git_revision = git_revision()
@@ -287,6 +289,7 @@ class RunSummary(L.Callback):
             "params": pl_module.num_params,
             "steps": trainer.global_step,
             "max_steps": trainer.max_steps,
+            "budget": self.budget,  # None: the paper's full schedule; "1/32": its iteration counts scaled by 1/32
             "wall_time_s": round(self.previous_wall_time + time.monotonic() - self.started, 1),
             "devices": trainer.world_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -12,7 +12,7 @@ import pandas as pd
 from ..rundir import read_summary
 
 RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
-               "max_steps", "train_error", "git_revision", "command"]
+               "max_steps", "budget", "train_error", "git_revision", "command"]
 EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
 PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
 
@@ -112,7 +112,8 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
             "model": summary.get("model"), "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
             "data": summary.get("data"), "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
-            "train_error": final_train_window(metrics).mean(), "git_revision": summary.get("git_revision"),
+            "budget": summary.get("budget"), "train_error": final_train_window(metrics).mean(),
+            "git_revision": summary.get("git_revision"),
             "command": summary.get("command"),
         })
         evaluated += evaluations(name, metrics)
@@ -138,6 +139,7 @@ def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame,
             "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
             "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
             "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
+            "budget": config.get("budget"),
             "git_revision": None,
         }
         found.append((run.name, summary, tidy_metrics(history)))

@@ -50,5 +50,8 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         ax.set(title=title, xlabel=x_label, ylabel="error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    budgets = sorted({budget for budget in shown.budget if isinstance(budget, str)})
+    if budgets:  # never to be read as the paper's curves
+        figure.suptitle(f"at {' and '.join(budgets)} of the paper's schedule (run --budget)")
     figure.tight_layout()
     return figure

@@ -34,14 +34,18 @@ def ours_as(statistic: str, errors: pd.Series) -> tuple[str, float]:
 def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
     """One row per (net, test protocol, metric, paper statistic), in percent, over the finished runs' latest
     evaluation under that protocol. A paper number that is the best of N is set beside our best, a mean±std
-    beside our mean±std, a single run beside our mean (the only estimate of one run's value we have)."""
+    beside our mean±std, a single run beside our mean (the only estimate of one run's value we have). A run at a
+    budget (a fraction of the paper's schedule) is never compared: the paper's number stands beside it as
+    context, marked so, with no difference."""
     rows = []
     for group_name, group in runs.groupby("group", sort=False):
         first, done = group.iloc[0], group[group.status == "finished"]
         results = evaluated[evaluated.run.isin(done.run)]
         for protocol in results.protocol.unique() if len(results) else [None]:
             here = results[results.protocol == protocol]
-            base = {"net": group_name, "protocol": protocol or "not evaluated", "runs": describe_runs(group),
+            budget = first.budget if isinstance(first.budget, str) else None  # None: the full schedule
+            base = {"net": group_name, "budget": budget or "full", "protocol": protocol or "not evaluated",
+                    "runs": describe_runs(group),
                     "train error": 100 * done.train_error.mean(), "params": first.params,
                     "iterations": done.steps.max() if len(done) else first.max_steps,
                     "test images": here.images.max() if len(here) else float("nan")}
@@ -55,14 +59,16 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
                     statistic = paper.get("statistic", "")
                     text, value = ours_as(statistic, errors)
                     number = paper.get(key)
-                    rows.append({**base, "metric": metric, "ours": text, "statistic": statistic,
-                                 "paper": (f"{number:.2f}±{paper['top1_std']:.2f}" if "top1_std" in paper and
-                                           key == "top1" else f"{number:.2f}") if number is not None else "",
+                    paper_text = (f"{number:.2f}±{paper['top1_std']:.2f}" if "top1_std" in paper and key == "top1"
+                                  else f"{number:.2f}") if number is not None else ""
+                    if budget and paper_text:
+                        paper_text += " (full schedule: context, not comparable)"
+                    rows.append({**base, "metric": metric, "ours": text, "statistic": statistic, "paper": paper_text,
                                  "source": paper.get("source", ""),
-                                 "difference": value - number if number is not None else float("nan"),
+                                 "difference": value - number if number is not None and not budget else float("nan"),
                                  "reference": f"{reference[key]:.2f}" if reference and key in reference else "",
                                  "reference source": reference["source"] if reference and key in reference else ""})
-    columns = ["net", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
+    columns = ["net", "budget", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
                "reference", "reference source", "train error", "test images", "params", "iterations"]
     return pd.DataFrame(rows, columns=columns)
 

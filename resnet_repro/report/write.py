@@ -88,7 +88,13 @@ def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
              and json.loads((Path(f) / "experiment.json").read_text()).get("smoke")]
     warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
                "works, nothing about the paper.**\n\n" if smoke else "")
-    return (f"# Report of {', '.join(f'`{f}`' for f in folders)}\n\n{warning}Made by `{command}` from these runs:\n\n"
+    budgets = sorted({budget for budget in runs.budget if isinstance(budget, str)})
+    at_budget = f" at {' and '.join(budgets)} of the paper's schedule" if budgets else ""
+    if budgets:
+        warning += (f"**Trained for {' and '.join(budgets)} of the paper's schedule (`run --budget`): every iteration "
+                    f"count scaled, nothing else. The paper's numbers, of the full schedule, stand beside ours as "
+                    f"context only, with no difference computed.**\n\n")
+    return (f"# Report of {', '.join(f'`{f}`' for f in folders)}{at_budget}\n\n{warning}Made by `{command}` from these runs:\n\n"
             f"{listed}\n\nErrors are in percent, each under a named test protocol (`single_view`: each CIFAR test "
             f"image once, Table 6; `ten_crop`: Tables 2 and 3; `multi_scale`: Table 4; `center`: no paper number), "
             f"from each run's latest evaluation under it, and set beside the paper's number of the same statistic: "
