@@ -85,6 +85,11 @@ def run_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def budgets(runs: pd.DataFrame) -> list[str]:
+    """The budgets ("1/32") of the runs trained for a fraction of the paper's schedule (none: all full)."""
+    return sorted({budget for budget in runs.budget if isinstance(budget, str)})
+
+
 def collect_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, evaluations, curves) of the runs of one or more experiment folders (each run once). Errors are
     fractions. Runs without a finished summary keep their status (running, failed, not started)."""

@@ -7,6 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..models import get_spec
+from .collect import budgets
 
 
 def smoothed_train_error(curves: pd.DataFrame, points: int = 200) -> pd.Series:
@@ -50,8 +51,8 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         ax.set(title=title, xlabel=x_label, ylabel="error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    budgets = sorted({budget for budget in shown.budget if isinstance(budget, str)})
-    if budgets:  # never to be read as the paper's curves
-        figure.suptitle(f"at {' and '.join(budgets)} of the paper's schedule (run --budget)")
+    fractions = " and ".join(budgets(shown))
+    if fractions:  # never to be read as the paper's curves
+        figure.suptitle(f"at {fractions} of the paper's schedule (run --budget)")
     figure.tight_layout()
     return figure

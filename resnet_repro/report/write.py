@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .collect import collect_runs, collect_wandb
+from .collect import budgets, collect_runs, collect_wandb
 from .figures import training_curves
 from .tables import error_table, findings, format_table
 
@@ -88,10 +88,10 @@ def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
              and json.loads((Path(f) / "experiment.json").read_text()).get("smoke")]
     warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
                "works, nothing about the paper.**\n\n" if smoke else "")
-    budgets = sorted({budget for budget in runs.budget if isinstance(budget, str)})
-    at_budget = f" at {' and '.join(budgets)} of the paper's schedule" if budgets else ""
-    if budgets:
-        warning += (f"**Trained for {' and '.join(budgets)} of the paper's schedule (`run --budget`): every iteration "
+    fractions = " and ".join(budgets(runs))
+    at_budget = f" at {fractions} of the paper's schedule" if fractions else ""
+    if fractions:
+        warning += (f"**Trained for {fractions} of the paper's schedule (`run --budget`): every iteration "
                     f"count scaled, nothing else. The paper's numbers, of the full schedule, stand beside ours as "
                     f"context only, with no difference computed.**\n\n")
     return (f"# Report of {', '.join(f'`{f}`' for f in folders)}{at_budget}\n\n{warning}Made by `{command}` from these runs:\n\n"
