@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .batchnorm import PreciseBN
+from .models import get_spec
 from .module import ResNetClassifier
 from .rundir import (RunLock, RunSummary, final_errors, last_checkpoint, make_loggers, read_checkpoint,
                      read_summary)
@@ -39,6 +40,9 @@ TRAINER_DEFAULTS = {
     "check_val_every_n_epoch": None,  # validate every val_check_interval iterations, across epochs
     "use_distributed_sampler": False,  # our data modules shard themselves, without repeating eval images
     "num_sanity_val_steps": 0,
+    # Lightning's summary counts FLOPs only with an example input and prints "Total FLOPs: 0" without one: `fit`
+    # prints the net's exact parameters and multiply-adds instead (before_fit)
+    "enable_model_summary": False,
 }
 
 
@@ -221,6 +225,16 @@ class RunCLI(LightningCLI):
             raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
                                   f"test --config {saved} --ckpt_path {checkpoint} evaluates it again)")
 
+    def before_fit(self) -> None:
+        from .analysis.complexity import count_macs, count_params, meta_model
+
+        hparams = self.model.hparams
+        net = meta_model(hparams.model, hparams.shortcut, hparams.num_classes)  # the same net, shapes only
+        if rank_zero_only.rank == 0:
+            print(f"{hparams.model}: {net.num_layers} layers, {count_params(net):,} parameters, "
+                  f"{count_macs(net, get_spec(hparams.model).input_size) / 1e6:,.2f}M multiply-adds per image "
+                  f"(forward)")
+
     def after_fit(self) -> None:
         self.evaluate(self.command_config.protocols)
         # W&B's summary holds each key's last value logged in this session; summary.json's final errors are the
@@ -277,6 +291,8 @@ def check_config(args: list[str]) -> dict:
 
 def build_cli(args: list[str] | None, run: bool = True, cli_class: type[RunCLI] = RunCLI) -> RunCLI:
     """The LightningCLI of this project; with run=False it only builds the model, data and trainer."""
+    from . import data  # noqa: F401 (imported, the project's data modules are the known subclasses --help lists)
+
     command = shlex.join(["resnet-repro", *(sys.argv[1:] if args is None else args)])
     return cli_class(ResNetClassifier, command=command, subclass_mode_data=True, args=args, run=run, seed_everything_default=0,
                   trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveFitConfig,

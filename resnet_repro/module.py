@@ -51,25 +51,53 @@ SGD_FORMS = {"pytorch": torch.optim.SGD, "caffe": CaffeSGD}
 
 
 class ResNetClassifier(L.LightningModule):
+    """A registered net trained by the paper's recipe (`--model.*`; the recipes set the paper's values).
+
+    Args:
+        model: the net (`resnet-repro models` lists them with their counts): CIFAR-10's 6n+2 layers plain20
+            plain32 plain44 plain56 plain110 plain1202 resnet20 resnet32 resnet44 resnet56 resnet110 resnet1202;
+            ImageNet's plain18 plain34 resnet18 resnet34 resnet50 resnet101 resnet152
+        shortcut: a residual net's projection shortcuts: A (zero-padding identity), B (projections where the
+            shape changes), C (all projections); null: the net's default, A for CIFAR nets, B for ImageNet nets
+        num_classes: outputs of the final fc layer
+        lr: base learning rate of SGD
+        momentum: SGD momentum
+        weight_decay: L2 weight decay, on every parameter (the paper's Caffe setting)
+        milestones: iterations at which the lr is multiplied by lr_decay
+        lr_decay: factor of each lr drop
+        warmup: lr warmup_lr until the training error falls below warmup_until_error (Section 4.2); null: on
+            for the residual CIFAR nets of n >= 18 (110 and 1202 layers)
+        warmup_lr: learning rate during the warm-up
+        warmup_until_error: training error (a fraction) that ends the warm-up
+        warmup_max_steps: the warm-up ends here at the latest (the paper saw about 400 iterations)
+        top5: also log top-5 error (ImageNet)
+        bn_group_size: BN over groups of this many images of a rank's batch (the CIFAR-10 recipe's 64: BN per
+            GPU of the paper's two); null: over the whole batch
+        sgd_form: where the lr sits in momentum SGD: pytorch (outside the buffer) or caffe (inside, as the
+            paper's authors trained; steps differ just after an lr drop)
+        channels_last: NHWC activations (faster convolutions on CPUs and tensor cores; same arithmetic)
+        compile_mode: torch.compile the net in this mode (reduce-overhead adds CUDA graphs); null: eager
+    """
+
     def __init__(
         self,
         model: str = "resnet20",
-        shortcut: str | None = None,  # None: the model's default (A for CIFAR nets, B for ImageNet nets)
+        shortcut: Literal["A", "B", "C"] | None = None,
         num_classes: int = 10,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
-        milestones: list[int] = [32_000, 48_000],  # iterations at which the lr is multiplied by lr_decay
+        milestones: list[int] = [32_000, 48_000],
         lr_decay: float = 0.1,
-        warmup: bool | None = None,  # None: on for the residual CIFAR nets of n >= 18 (110, 1202 layers)
+        warmup: bool | None = None,
         warmup_lr: float = 0.01,
-        warmup_until_error: float = 0.8,  # training error (fraction) that ends the warm-up
-        warmup_max_steps: int = 2_000,  # the warm-up ends here at the latest (the paper saw ~400)
+        warmup_until_error: float = 0.8,
+        warmup_max_steps: int = 2_000,
         top5: bool = False,
-        bn_group_size: PositiveInt | None = None,  # BN over groups of this many images of a rank's batch; None: all
-        sgd_form: Literal["pytorch", "caffe"] = "pytorch",  # where the lr sits in momentum SGD (CaffeSGD)
-        channels_last: bool = True,  # NHWC activations: faster convolutions on CPUs (oneDNN) and tensor cores
-        compile_mode: CompileMode | None = None,  # torch.compile the net in this mode; None: eager
+        bn_group_size: PositiveInt | None = None,
+        sgd_form: Literal["pytorch", "caffe"] = "pytorch",
+        channels_last: bool = True,
+        compile_mode: CompileMode | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()

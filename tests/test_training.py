@@ -1,6 +1,7 @@
 """`resnet-repro fit` end to end: learning, the lr schedule and warm-up, exact resume, DDP, W&B, bad input."""
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -182,3 +183,33 @@ def test_every_recipe_builds_through_lightning_cli(recipe, tmp_path):
                      "--trainer.accelerator", "cpu"], run=False)
     assert cli.model.hparams.model in ("resnet20", "resnet34")
     assert cli.trainer.max_steps > 0 and cli.datamodule.batch_size > 0
+
+
+def test_fit_prints_the_nets_exact_counts_and_not_lightnings_zero_flops(tmp_path, capsys):
+    """Lightning's model summary said "Total FLOPs: 0" for every net; fit prints the project's counts instead
+    (ResNet-56: the paper's 0.85M parameters, Table 6)."""
+    from resnet_repro.cli import main
+
+    main(["fit", "--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(tmp_path / "run"),
+          "--model.model", "resnet56", "--trainer.max_steps", "1", "--protocols", "[]", "--wandb", "false",
+          "--trainer.enable_progress_bar", "false"])  # the recipe's summary setting, as a user's fit has it
+    out = capsys.readouterr().out
+    assert "resnet56: 56 layers, 853,018 parameters, 125.49M multiply-adds per image (forward)" in out
+    assert "FLOPs" not in out
+
+
+def test_fit_help_documents_every_net_shortcut_option_and_data_module():
+    from resnet_repro.models import list_models
+
+    help_text = run_cli("fit", "--help").stdout
+    options = {}  # option -> its help text, on one line
+    for block in re.split(r"\n  (?=--)", help_text):
+        option, _, text = block.partition(" ")
+        options[option] = " ".join(text.split())
+    assert set(options["--model.model"].split("(type")[0].replace(";", " ").split()) >= set(list_models())
+    assert "A (zero-padding identity), B (projections where the shape changes), C (all projections)" in options[
+        "--model.shortcut"]
+    for option in ("--model.sgd_form", "--model.warmup", "--model.bn_group_size", "--model.milestones"):
+        assert not options[option].split(maxsplit=1)[1].startswith("(type"), (option, options[option])
+    for module in ("CIFAR10DataModule", "DigitsDataModule", "FashionMNISTDataModule", "ImageNetDataModule"):
+        assert f"resnet_repro.data.{module}" in options["--data"]

@@ -49,6 +49,13 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
 
 
 class CIFAR10DataModule(SmallImageDataModule):
+    """CIFAR-10 from the python batches in `<data_dir>/cifar-10-batches-py`.
+
+    Args:
+        data_dir: the folder that holds (or gets) cifar-10-batches-py
+        download: download the batches there when they are missing
+    """
+
     def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir, self.download = Path(data_dir), download

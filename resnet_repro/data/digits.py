@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeInt, PositiveInt
+from jsonargparse.typing import NonNegativeInt
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -16,9 +16,14 @@ TEST_SIZE = 300
 
 
 class DigitsDataModule(SmallImageDataModule):
-    def __init__(self, batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, val_size: NonNegativeInt = 200,
-                 train_on_all: bool = False, seed: int = 0):
-        super().__init__(batch_size, eval_batch_size, val_size, train_on_all, seed)
+    """scikit-learn's 1,797 8x8 digits (embedded: no download), upsampled to 3x32x32; 300 are the test set.
+
+    Args:
+        val_size: training images held out for validation
+    """
+
+    def __init__(self, val_size: NonNegativeInt = 200, **kwargs):
+        super().__init__(val_size=val_size, **kwargs)
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         digits = load_digits()

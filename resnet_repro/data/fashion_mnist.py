@@ -47,6 +47,13 @@ def to_rgb32(images: Tensor) -> Tensor:
 
 
 class FashionMNISTDataModule(SmallImageDataModule):
+    """Fashion-MNIST from its idx files, each 28x28 image zero-padded to 32x32 and repeated over 3 channels.
+
+    Args:
+        data_dir: the folder that holds (or gets) FashionMNIST/raw; Debian's package folder is read too
+        download: download the idx files there when none are found
+    """
+
     def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir, self.download = Path(data_dir), download

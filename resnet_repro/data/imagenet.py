@@ -126,6 +126,17 @@ class ImageNetDataModule(L.LightningDataModule):
     Batch sizes are global: each of the W ranks takes batch_size // W training images. Run the trainer
     with `use_distributed_sampler=False`: the samplers here already split the data over the ranks.
     `crop_size` other than the paper's 224 scales every size of the pipeline with it (a miniature's images).
+
+    Args:
+        data_dir: an ImageFolder layout: data_dir/train/<class>/*.JPEG and data_dir/val/<class>/*.JPEG
+        batch_size: training images per iteration, over all ranks together (the paper's 256)
+        eval_batch_size: images (before the 10-crop or the scales) per evaluation batch, over all ranks
+        num_workers: DataLoader worker processes per rank
+        eval_mode: the test: center (one 224 crop), ten_crop (the paper's Table 3/4 test) or multi_scale
+            (fully convolutional, averaged over `scales`, Table 4/5)
+        scales: the shorter sides of the multi-scale test
+        crop_size: the training and test crop (the paper's 224)
+        seed: the seed of the training order and augmentation
     """
 
     val_splits = ["val"]  # the validation set is the test set; no separate split is held out

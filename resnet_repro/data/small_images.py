@@ -124,6 +124,13 @@ class SmallImageDataModule(L.LightningDataModule):
     With `train_on_all` the whole pool is trained on and there is no validation set. During `fit` the
     test set is evaluated beside the validation set at every validation (the paper's Figure 6 plots test
     error during training; the recipe's schedule is fixed in iterations, so nothing is selected on it).
+
+    Args:
+        batch_size: training images per iteration, over all ranks together (the paper's 128)
+        eval_batch_size: images per evaluation batch, over all ranks (no effect on the result)
+        val_size: training images held out for validation (the paper's 45k/5k split: 5000)
+        train_on_all: train on the whole training set, with no validation set
+        seed: the training stream's seed: each batch's images, crops and flips are a function of (seed, step)
     """
 
     split_seed = 0
