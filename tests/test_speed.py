@@ -99,13 +99,19 @@ def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
     assert "BN groups 16" in out
     rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
     assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
+    # the rates are printed to the image/s, the ratios to 0.01x: a ratio must lie in what the rounding allows (on a
+    # slow machine, 59 and 29 images/s may be 59.4 and 28.6)
+    def between(printed: float, value, low, high) -> bool:
+        return value(low) - 0.005 <= printed <= value(high) + 0.005
+
     ratios = re.search(r"fit / dataloader = ([\d.]+)x   fit / compute = ([\d.]+)x", out)
-    assert float(ratios[1]) == pytest.approx(rates["fit"] / rates["dataloader"], rel=0.01)
-    assert float(ratios[2]) == pytest.approx(rates["fit"] / rates["compute"], rel=0.01)
+    for printed, other in [(ratios[1], "dataloader"), (ratios[2], "compute")]:
+        fit_rate, other_rate = rates["fit"], rates[other]
+        assert between(float(printed), lambda d: (fit_rate + d) / (other_rate - d), -0.5, 0.5), (printed, rates)
     kept = float(re.search(r"autograd keeps ([\d,]+) MiB", out)[1].replace(",", ""))
     assert kept > 0
     minutes = float(re.search(r"64k iterations of 32 at the fit rate: ([\d,.]+) min", out)[1].replace(",", ""))
-    assert minutes == pytest.approx(64_000 * 32 / rates["fit"] / 60, rel=0.01)
+    assert between(minutes, lambda d: 64_000 * 32 / (rates["fit"] - d) / 60, -0.5, 0.5), (minutes, rates)
 
 
 def test_bench_refuses_zero_steps():
