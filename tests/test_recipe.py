@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import REPO, write_cifar10
+from conftest import REPO, train_rows, write_cifar10
 from mutate_recipe import MUTANTS, problems
 from resnet_repro.batchnorm import GhostBatchNorm2d
 from resnet_repro.cli import ConfigCheck, build_cli
@@ -470,6 +470,8 @@ def test_one_iteration_per_global_batch_to_max_steps_validation_and_checkpoints_
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert recorder.batches == [(step, 16) for step in range(1, 7)]  # one step per batch of 16, the last at 6
     assert cli.trainer.global_step == 6
+    # iterations counted from 1 in the log too: the row of iteration k holds the loss and lr that k trained with
+    assert train_rows(Path(cli.trainer.default_root_dir)).index.tolist() == list(range(1, 7))
     assert recorder.validations == [3, 6] and recorder.checkpoints == [2, 4, 6]
 
 
