@@ -3,7 +3,7 @@ conventions), each line asserted on the code path a real run takes: the nets `bu
 `configure_optimizers` builds for each recipe as LightningCLI resolves it from experiments/*/base.yaml, what a
 training batch holds and what an evaluation feeds the net. The inputs are chosen so that a wrong implementation
 gives another answer: images that are not mirror-symmetric, mean images that are neither zero nor uniform, convs
-whose fan-in is not their fan-out. `scripts/mutate_recipe.py` plants a one-line bug in each line and checks that
+whose fan-in is not their fan-out. `tests/mutate_recipe.py` plants a one-line bug in each line and checks that
 the tests catch it. Already pinned elsewhere: parameter counts and option A (test_models), Caffe's SGD, ghost and
 precise BN (test_fidelity), the warm-up's end at 80% training error and the logged lr (test_training), the ranks'
 disjoint parts of a global batch (test_small_images, test_imagenet_data) and a run on two processes
@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from lightning import Callback
 from PIL import Image
+from sklearn.datasets import load_digits
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import REPO, write_cifar10
+from conftest import REPO, train_rows, write_cifar10
+from mutate_recipe import MUTANTS, problems
 from resnet_repro.batchnorm import GhostBatchNorm2d
 from resnet_repro.cli import ConfigCheck, build_cli
-from resnet_repro.data import fashion_mnist
+from resnet_repro.data import fashion_mnist, imagenet as imagenet_data
 from resnet_repro.data.imagenet import EIGENVALUES, EIGENVECTORS, MEAN, PCALighting
 from resnet_repro.experiments import load_experiment
 from resnet_repro.models import build_model, get_spec, list_models
@@ -289,6 +291,17 @@ def test_the_test_view_is_the_single_original_image_less_the_mean(small_images, 
         assert torch.equal(labels, data.splits[split][1]), split
 
 
+def test_the_digits_grey_levels_0_to_16_upsampled_to_32x32_grey_rgb_images(small_images):
+    """The digits enter the CIFAR-10 pipeline as CIFAR-10's images would: 3 x 32 x 32 bytes, their 17 grey levels
+    spread over 0..255 (the upsampling keeps an image's mean grey)."""
+    data = small_images("digits")
+    images = torch.cat([data.splits[split][0] for split in ("train", "val", "test")])
+    assert images.shape == (1797, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
+    assert images.min() == 0 and images.max() == 255
+    assert abs(images.double().mean().item() / 255 - load_digits().images.mean() / 16) < 0.002
+
+
 # --- ImageNet: "Shorter side resized to a random size in [256, 480]; random 224x224 crop or its horizontal flip;
 # per-pixel mean subtracted (here per channel, README); AlexNet-style colour augmentation (PCA lighting)";
 # "Test: 10-crop; fully-convolutional multi-scale {224, 256, 384, 480, 640}" --------------------------------------
@@ -433,13 +446,47 @@ class Recorder(Callback):
         self.checkpoints.append(trainer.global_step)
 
 
-def test_one_iteration_per_global_batch_to_max_steps_validation_and_checkpoints_at_their_intervals(recipe):
-    cli = recipe("digits", "--trainer.max_steps", "6", "--data.init_args.batch_size", "16",
-                 "--trainer.val_check_interval", "3", "--checkpoint.every_n_train_steps", "2",
+@pytest.fixture(scope="module")
+def imagenet_standin(tmp_path_factory) -> tuple[str, ...]:
+    """The ImageNet recipe on the stand-in of 40 training images at 32-pixel crops, 2 global batches of 16 an epoch,
+    with ResNet-20 (the schedule is under test, not the net)."""
+    settings = imagenet_data.write_standin(tmp_path_factory.mktemp("imagenet-standin"))
+    return ("imagenet", "--model.model", "resnet20", "--trainer.devices", "1", "--trainer.strategy", "auto",
+            "--trainer.precision", "32-true", *itertools.chain(*((f"--data.init_args.{k}", str(v))
+                                                                 for k, v in settings.items())))
+
+
+@pytest.mark.parametrize("name", ["digits", "imagenet"])
+def test_one_iteration_per_global_batch_to_max_steps_validation_and_checkpoints_at_their_intervals(recipe, name,
+                                                                                                    imagenet_standin):
+    """ImageNet's epochs (2 iterations here) end inside the run: iterations, validations and checkpoints go on
+    across them to max_steps. The small images' stream has no epochs."""
+    cli = recipe(*(imagenet_standin if name == "imagenet" else [name]), "--trainer.max_steps", "6",
+                 "--data.init_args.batch_size", "16", "--trainer.val_check_interval", "3",
+                 "--checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "1",
                  "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
     recorder = Recorder()
     cli.trainer.callbacks.append(recorder)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert recorder.batches == [(step, 16) for step in range(1, 7)]  # one step per batch of 16, the last at 6
     assert cli.trainer.global_step == 6
+    # iterations counted from 1 in the log too: the row of iteration k holds the loss and lr that k trained with
+    assert train_rows(Path(cli.trainer.default_root_dir)).index.tolist() == list(range(1, 7))
     assert recorder.validations == [3, 6] and recorder.checkpoints == [2, 4, 6]
+
+
+INTERVALS = {"cifar10": (2000, 2000), "digits": (100, 100), "imagenet": (10_000, 5000)}  # (validation, checkpoint)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_validates_and_checkpoints_at_its_intervals(recipe, name):
+    trainer, (validation, checkpoint) = recipe(name).trainer, INTERVALS[name]
+    assert trainer.val_check_interval == validation and trainer.check_val_every_n_epoch is None
+    assert trainer.checkpoint_callback._every_n_train_steps == checkpoint  # the intervals the test above honours
+
+
+def test_the_mutation_check_plants_each_bug_where_the_code_has_it():
+    """tests/mutate_recipe.py: each planted bug's original text occurs once in its file, the bug changes one line of
+    it, and the tests named to catch it exist, so the list cannot drift from the code."""
+    assert problems(MUTANTS) == []
+    assert len({(m.file, m.original, m.mutant) for m in MUTANTS}) == len(MUTANTS)
