@@ -168,7 +168,9 @@ class RunCLI(LightningCLI):
         config = self.command_config
         run_dir = Path(config.run_dir)
         kwargs["default_root_dir"] = str(run_dir)
-        kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
+        # the config as config.yaml holds it (as_dict keeps some init_args as the strings they were given as)
+        record = yaml.safe_load(self._parser(self.subcommand or "fit").dump(config, skip_none=False))
+        kwargs["logger"] = make_loggers(run_dir, record, use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
         if config.precise_bn_batches:

@@ -33,7 +33,6 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .models import get_spec
@@ -190,7 +189,7 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
         # W&B waits 90 s for its server by default; a run that cannot reach it should not wait that long to go on
         settings = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)))
         columns = wandb_columns(run_dir, config)
-        logger = RunWandbLogger(columns, name=run_dir.name, group=run_dir.parent.name, project="resnet-repro",
+        logger = RunWandbLogger(name=run_dir.name, group=run_dir.parent.name, project="resnet-repro",
                                 save_dir=str(run_dir), offline=offline, id=run_id, resume="allow" if run_id else None,
                                 config={**config, **columns}, settings=settings)
         logger.experiment  # start W&B now, so that a failure to start shows here and not mid-run
@@ -224,18 +223,12 @@ def wandb_columns(run_dir: Path, config: dict) -> dict:
 
 
 class RunWandbLogger(WandbLogger):
-    """Lightning logs the module's hyperparameters into the W&B config at the start of fit and of each test, and
-    the module's `shortcut` (None for the family's default) would overwrite that column: the columns are
-    written again after each."""
+    """The W&B config is the run's config (as config.yaml holds it) and its flat columns, given once at the start.
+    Lightning's own record of the module's hyperparameters, at the start of fit and of each test, is left out:
+    it would add a second copy with `shortcut: None` (the family's default) beside the `shortcut` column."""
 
-    def __init__(self, columns: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.columns = columns
-
-    @rank_zero_only  # the other ranks of a DDP run have no W&B run
     def log_hyperparams(self, params) -> None:
-        super().log_hyperparams(params)
-        self.experiment.config.update(self.columns, allow_val_change=True)
+        pass
 
 
 def has_wandb_key() -> bool:
