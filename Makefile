@@ -25,3 +25,18 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Fashion-MNIST's idx files in data/FashionMNIST/raw (where the data module looks first), from Debian's
+# dataset-fashion-mnist: its installed files, else its .deb fetched with `apt-get download` and unpacked here
+# (no root needed). The data module also reads the installed package's folder directly; this copy is what
+# scripts/gpu-check.sh carries to a GPU machine.
+FASHION := data/FashionMNIST/raw
+.PHONY: fashion-data
+fashion-data: $(FASHION)/train-images-idx3-ubyte.gz
+$(FASHION)/train-images-idx3-ubyte.gz:
+	mkdir -p $(FASHION)
+	set -e; if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz $(FASHION)/; \
+	else tmp=$$(mktemp -d); (cd $$tmp && apt-get download -q dataset-fashion-mnist); \
+	  dpkg-deb -x $$tmp/dataset-fashion-mnist_*.deb $$tmp/root; \
+	  cp $$tmp/root/usr/share/datasets/fashion-mnist/*-ubyte.gz $(FASHION)/; rm -rf $$tmp; fi
