@@ -180,7 +180,8 @@ class RunCLI(LightningCLI):
         config = self.command_config
         run_dir = Path(config.run_dir)
         kwargs["default_root_dir"] = str(run_dir)
-        kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         kwargs["logger"] = make_loggers(run_dir, config.as_dict(), use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_error, fit, run_cli, summary, write_cifar10
+from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, write_cifar10
 from resnet_repro.report.collect import read_metrics
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
@@ -446,3 +446,46 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
                                                        "checkpoint, and the same command resumes it")
         assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == checkpoint
         assert summary(run)["status"] == "interrupted"
+
+
+def test_a_full_disk_mid_checkpoint_ends_in_one_line_keeps_the_last_good_checkpoint_and_resumes(tmp_path, monkeypatch):
+    run = tmp_path / "exp" / "full"
+    save = torch.save
+    calls = []
+
+    def fills_the_disk(obj, path, *args, **kwargs):  # the second checkpoint: half written, then no space left
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    message = cli_error("fit", *QUIET, "--wandb", "false", *DIGITS, *TINY, "--run_dir", str(run))
+    assert message == (f"resnet-repro fit: No space left on device ({run}/checkpoints/last.ckpt.tmp): free some "
+                       f"space, then the same command goes on from the last checkpoint")
+    assert calls[1] == run / "checkpoints" / "last.ckpt.tmp"  # written beside its target, not in $TMPDIR
+    assert summary(run)["status"] == "failed" and "No space left on device" in summary(run)["error"]
+    assert sorted(p.name for p in run.rglob("*.tmp")) == []  # no half-written leftovers
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2  # the last good one
+    monkeypatch.setattr(torch, "save", save)
+    fit(*DIGITS, *TINY, "--run_dir", str(run))
+    assert summary(run)["status"] == "finished" and summary(run)["steps"] == 4
+
+
+def test_replacing_an_output_keeps_every_sibling_and_its_folders_follow_the_umask(tmp_path):
+    from resnet_repro.report.write import staged
+
+    (tmp_path / ".rep-old").mkdir()  # a user's folder that the old replacement would have deleted
+    (tmp_path / ".rep-old" / "thesis.tex").write_text("mine\n")
+    old_umask = os.umask(0o022)
+    try:
+        for text in ("first", "second"):
+            with staged(tmp_path / "rep") as folder:
+                (folder / "table.md").write_text(text)
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "rep" / "table.md").read_text() == "second"
+    assert (tmp_path / ".rep-old" / "thesis.tex").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep-old", "rep"]
+    assert stat.S_IMODE((tmp_path / "rep").stat().st_mode) == 0o755

@@ -256,7 +256,8 @@ def responses_command(argv: list[str]) -> None:
     parser.add_argument("paths", nargs="+", type=Path,
                         help="checkpoints, run directories or experiment folders (runs/cifar10-table6 ...)")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="only runs of these nets (e.g. plain20 resnet56)")
-    parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images (default: each run's)")
+    parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images and where they are (default: each run's "
+                             "data module, from its default folder, ./data, never downloading)")
     parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
     parser.add_argument("--out", type=Path, default=Path("results/responses"))
