@@ -10,6 +10,7 @@
     resnet-repro bench resnet20 [--device cpu|cuda] [--steps N]
 """
 
+import errno
 import importlib
 import json
 import re
@@ -29,9 +30,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .batchnorm import PreciseBN
+from .files import read_yaml
 from .models import get_spec
 from .module import ResNetClassifier
-from .rundir import (RunLock, RunSummary, final_errors, last_checkpoint, make_loggers, read_checkpoint,
+from .rundir import (AtomicCheckpointIO, RunLock, RunSummary, final_errors, last_checkpoint, make_loggers, read_checkpoint,
                      read_summary)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -94,6 +96,16 @@ def check_values(config, subcommand: str | None) -> None:
     if subcommand in ("fit", None) and not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"trainer.max_steps must be a positive number of iterations, not {max_steps} (the "
                          f"recipes stop at max_steps: their schedules are in iterations)")
+    milestones = config.model.milestones
+    if not all(is_count(m) for m in milestones) or list(milestones) != sorted(milestones):
+        raise ValueError(f"model.milestones must be iterations in increasing order, each 1 or more (the lr drops at "
+                         f"each), e.g. [32000, 48000], not {list(milestones)}")
+    for key, value in (("trainer.log_every_n_steps", config.trainer.log_every_n_steps),
+                       ("trainer.val_check_interval", config.trainer.val_check_interval),
+                       ("checkpoint.every_n_train_steps", config.checkpoint.every_n_train_steps)):
+        if value is not None and not (is_count(value) or key.endswith("val_check_interval") and 0 < value <= 1):
+            raise ValueError(f"{key} must be a number of iterations, 1 or more, not {value}"
+                             + (" (or a fraction of an epoch, above 0 and at most 1)" if "val_check" in key else ""))
     if config.budget is not None:
         budget_fraction(config.budget)
     data = data_class(config.data.class_path)
@@ -103,6 +115,10 @@ def check_values(config, subcommand: str | None) -> None:
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def budget_fraction(text: str) -> Fraction:
@@ -168,6 +184,8 @@ class RunCLI(LightningCLI):
         config = self.command_config
         run_dir = Path(config.run_dir)
         kwargs["default_root_dir"] = str(run_dir)
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         # the config as config.yaml holds it (as_dict keeps some init_args as the strings they were given as)
         record = yaml.safe_load(self._parser(self.subcommand or "fit").dump(config, skip_none=False))
         kwargs["logger"] = make_loggers(run_dir, record, use_wandb=config.wandb and self.subcommand == "fit")
@@ -209,10 +227,10 @@ class RunCLI(LightningCLI):
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             return
-        try:
-            saved_config = yaml.safe_load(saved.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{saved} is not valid YAML ({error}); restore it or start the run in a new --run_dir")
+        saved_config = read_yaml(saved)
+        if not isinstance(saved_config, dict):
+            raise ValueError(f"{saved} is not the config of a run (a mapping of settings): restore it or start the "
+                             f"run in a new --run_dir")
         changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
         if changed and not config.accept_config_change:
             shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
@@ -350,10 +368,18 @@ def main(argv: list[str] | None = None) -> None:
     except AlreadyFinished as done:
         print(f"resnet-repro {command}: {done}")
     except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, ArgumentError) as error:
-        message = " ".join(str(error).split())  # one line, whatever the source of the message
+        text = str(error)
+        if "\nOriginal Traceback" in text:  # raised in a DataLoader worker: the error is the traceback's last line
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        message = " ".join(text.split())  # one line, whatever the source of the message
         if isinstance(error, ArgumentError):
             message = f"{innermost(message)} (resnet-repro {command} --help lists the valid keys)"
         sys.exit(f"resnet-repro {command}: {message}")
+    except OSError as error:  # a full disk, a folder that cannot be written: what the system said, on which file
+        where = f" ({error.filename})" if error.filename else ""
+        advice = (": free some space, then the same command goes on from the last checkpoint"
+                  if error.errno == errno.ENOSPC else "")
+        sys.exit(f"resnet-repro {command}: {error.strerror or error}{where}{advice}")
     except (KeyboardInterrupt, SIGTERMException) as stop:
         sys.exit(f"resnet-repro {command}: stopped by {'Ctrl-C' if isinstance(stop, KeyboardInterrupt) else 'SIGTERM'}; "
                  f"a run keeps its last checkpoint, and the same command resumes it")

@@ -21,10 +21,12 @@ resume, so rerunning the same command completes an experiment.
 """
 
 import argparse
+import collections
 import functools
 import importlib
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -37,14 +39,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .analysis.complexity import count_macs, count_params, meta_model
 from .cli import budget_fraction, check_config, data_class
 from .models import get_spec
-from .rundir import last_checkpoint, read_summary, write_json_atomically
+from .files import read_yaml, write_json_atomically
+from .rundir import last_checkpoint, read_summary
 from .sweep import DevicePool, Job, cpu_threads, run_side_by_side, start_child, stop_children, visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,16 +109,29 @@ def shown(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+# A run's or an experiment's name is a folder of the runs root: one path component, never `..` or hidden
+SAFE_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]{0,99}")
+MAX_RUNS = 1000  # more runs than this in one file need --only: expanding and checking each takes ~80 ms
+
+
+def checked_name(name: str, what: str) -> str:
+    if not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} name {name!r} is not a safe folder name: letters, digits and . _ - @ +, not "
+                         f"starting with '.', at most 100 characters")
+    return name
+
+
 def experiment_name(path: Path) -> str:
     path = Path(path).absolute()
-    return path.stem if path.parent.name == "experiments" else f"{path.parent.name}-{path.stem}"
+    name = path.stem if path.parent.name == "experiments" else f"{path.parent.name}-{path.stem}"
+    try:
+        return checked_name(name, "the experiment")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error} (it is the file's folder and stem): rename the file") from None
 
 
 def load_yaml(path: Path, what: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a mapping of keys to values")
     return data
@@ -141,6 +156,10 @@ def check_shapes(path: Path, spec: dict) -> None:
     for key in ("overrides", "grid"):
         if not isinstance(spec.get(key) or {}, dict):
             refuse(key, spec[key], "a mapping of dotted config keys, e.g. {model.model: ...}")
+    for key in ("overrides", "grid"):
+        for name in spec.get(key) or {}:
+            if not isinstance(name, str):
+                refuse(f"each key of {key}", name, "a dotted config key, e.g. model.model")
     for key, values in (spec.get("grid") or {}).items():
         if not isinstance(values, list) or not values:
             refuse(f"grid key {key}", values, f"a non-empty list of values, e.g. {key}: [{values}]")
@@ -178,10 +197,12 @@ def scaled_schedule(config: dict, budget: Fraction) -> dict:
     return {**settings, "budget": str(budget)}
 
 
-def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction = Fraction(1)) -> Experiment:
+def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction = Fraction(1),
+                    only: set[str] | None = None) -> Experiment:
     """Read and expand an experiment file, at `budget` of the paper's schedule (its runs then live in
     runs/<experiment>@<budget>/, apart from the full ones); anything malformed raises ValueError naming the file
-    and run."""
+    and run. With `only`, only the runs of those names are checked against the recipe (the others are named);
+    without it, a file of more than MAX_RUNS runs is refused before expanding it."""
     path = Path(path)
     spec = load_yaml(path, "an experiment file")
     unknown = sorted(set(spec) - TOP_LEVEL_KEYS)
@@ -199,11 +220,19 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
     experiment = Experiment(experiment_name(path) + budget_label(budget), recipe, protocols, [])
     recipe_config = load_yaml(recipe, "a recipe")
     grid = spec.get("grid") or {}
+    default_seeds = spec.get("seeds", [0])
+    def how_many(seeds) -> int:  # a malformed seeds entry is refused below
+        return len(seeds) if isinstance(seeds, list) else 1
+
+    count = (math.prod(map(len, grid.values())) * how_many(default_seeds) if grid else 0) + sum(
+        how_many(entry.get("seeds", default_seeds)) for entry in spec.get("runs") or [])
+    if count > MAX_RUNS and only is None:
+        raise ValueError(f"{path} makes {count:,} runs, more than {MAX_RUNS:,} in one go: pick some with --only NAME "
+                         f"..., or split the grid into several files")
     entries = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     entries += [dict(entry) for entry in spec.get("runs") or []]
     if not entries and not spec.get("runs_from"):
         entries = [{}]  # the recipe itself
-    default_seeds = spec.get("seeds", [0])
     seeds = [entry.pop("seeds", default_seeds) for entry in entries]
     for entry_seeds in seeds:
         if not isinstance(entry_seeds, list) or not all(isinstance(seed, int) for seed in entry_seeds):
@@ -220,7 +249,11 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
             for patch in patches:  # after naming: a patch follows from the settings, it does not set a run apart
                 if all(run.setting(key) == value for key, value in patch["when"].items()):
                     run.settings.update(patch["set"])
+            experiment.runs.append(run)
+            if only is not None and run.name not in only:
+                continue
             try:
+                checked_name(run.name, "the run")
                 config = check_config(run.fit_args(Path("runs") / experiment.name / run.name))
                 if budget != 1:
                     run.settings.update(scaled_schedule(config, budget))
@@ -228,13 +261,12 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
                 build_on_meta(run)
             except (ArgumentError, ValueError) as error:
                 raise ValueError(f"{path}: run {run.name}: {error}") from error
-            experiment.runs.append(run)
     for source in spec.get("runs_from") or []:
         experiment.runs += shared_runs(path, source, seen | {path.resolve()}, budget)
     check_protocols(path, experiment)
 
-    names = [f"{run.experiment}/{run.name}" for run in experiment.runs]
-    duplicates = sorted({name.split("/")[1] for name in names if names.count(name) > 1})
+    names = collections.Counter((run.experiment, run.name) for run in experiment.runs)
+    duplicates = sorted({name for (_, name), times in names.items() if times > 1})
     if duplicates:
         raise ValueError(f"{path}: more than one run is named {', '.join(duplicates)}: make their settings differ")
     return experiment
@@ -251,7 +283,7 @@ def shared_runs(path: Path, source: dict, seen: set[Path], budget: Fraction) -> 
         raise ValueError(f"{path}: runs_from {source['experiment']} comes back to an experiment already read")
     if not other.is_file():
         raise ValueError(f"{path}: runs_from {source['experiment']} does not exist (paths are relative to {REPO})")
-    runs = load_experiment(other, seen, budget).runs
+    runs = load_experiment(other, seen, budget, set(source["runs"]) if source.get("runs") else None).runs
     wanted = source.get("runs") or [run.name for run in runs]
     missing = sorted(set(wanted) - {run.name for run in runs})
     if missing:
@@ -439,13 +471,14 @@ def device_pool(args: argparse.Namespace) -> DevicePool | None:
 
 def run_command(argv: list[str]) -> None:
     args = parse_args(argv)
-    experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget))
+    experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget),
+                                 only=set(args.only) if args.only else None)
     runs = experiment.runs
     if args.only:
         missing = sorted(set(args.only) - {run.name for run in runs})
         if missing:
-            raise ValueError(f"{args.experiment} has no run {', '.join(missing)}: its runs are "
-                             f"{', '.join(run.name for run in runs)}")
+            listed = ", ".join(run.name for run in runs[:20]) + (f", ... ({len(runs):,} in all)" if len(runs) > 20 else "")
+            raise ValueError(f"{args.experiment} has no run {', '.join(missing)}: its runs are {listed}")
         runs = [run for run in runs if run.name in args.only]
     if args.nodes > 1 and args.launcher == "local":
         raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")

@@ -18,7 +18,6 @@ The run's name and its experiment (the W&B run name and group) are the directory
 import csv
 import fcntl
 import inspect
-import json
 import netrc
 import os
 import platform
@@ -30,11 +29,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .files import read_json, write_atomically, write_json_atomically
 from .models import get_spec
 
 EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
@@ -63,16 +64,26 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint written beside its target and renamed over it (see write_atomically): Lightning's own
+    writes to a temporary file wherever $TMPDIR is and, across filesystems, falls back to truncating the
+    checkpoint and copying into it, so that a full disk mid-copy lost the last good checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def read_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path} is not a run summary of resnet-repro (a JSON {type(summary).__name__}, not an "
+                         f"object): restore it, or delete it and the next fit writes it again")
+    return summary
 
 
 def final_errors(run_dir: Path) -> dict:
@@ -143,12 +154,14 @@ class AppendingWriter(ExperimentWriter):
         half-way leaves the old file whole (Lightning's writer truncates it first)."""
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        tmp = f"{self.metrics_file_path}.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        write_atomically(Path(self.metrics_file_path), write)
 
 
 class RunCSVLogger(CSVLogger):

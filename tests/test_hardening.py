@@ -1,8 +1,12 @@
 """Hostile but fair use: bad input refused in one line with nothing touched, checkpoints and configs read as data
 (never run as code), one writer per run directory, and nothing lost when a run is killed at any iteration."""
 
+import errno
+import json
 import os
 import pickle
+import stat
+import struct
 import shutil
 import signal
 import socket
@@ -17,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_error, fit, run_cli, summary, write_cifar10
+from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, write_cifar10
 from resnet_repro.report.collect import read_metrics
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
@@ -26,8 +30,41 @@ TINY = ["--trainer.max_steps", "4", "--data.init_args.batch_size", "16", "--trai
 PLANTED = "planted-code-ran"
 
 
-def snapshot(folder: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+def snapshot(folder: Path) -> dict[Path, bytes | None]:
+    """Every file's bytes, and every folder (None), under `folder`."""
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*")) if p.name != ".lock"}
+
+
+# nine lists of nine aliases of the one before: 9^9 (387 million) nodes from about 300 characters
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+
+
+def write_lying_datasets(root: Path) -> None:
+    """CIFAR-10 batches and Fashion-MNIST idx files whose arrays lie about what they hold."""
+    import gzip
+    import numpy as np
+    from resnet_repro.data.fashion_mnist import write_standin as write_fashion
+
+    def rewrite_batch(name: str, change) -> None:
+        path = write_cifar10(root / name) / "data_batch_1"
+        batch = pickle.loads(path.read_bytes(), encoding="bytes")
+        change(batch)
+        path.write_bytes(pickle.dumps(batch, protocol=2))
+
+    rewrite_batch("cifar-nan", lambda b: b.update({b"data": np.full((40, 3072), np.nan)}))
+    rewrite_batch("cifar-300", lambda b: b.update({b"data": b[b"data"].astype(np.int64) + 200}))
+    rewrite_batch("cifar-more-labels", lambda b: b[b"labels"].append(3))
+    rewrite_batch("cifar-fewer-labels", lambda b: b[b"labels"].pop())
+
+    def rewrite_idx(name: str, file: str, array: np.ndarray) -> None:
+        write_fashion(root / name)
+        header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        with gzip.open(root / name / "FashionMNIST/raw" / f"{file}.gz", "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    rewrite_idx("fashion-more-labels", "train-labels-idx1-ubyte", np.zeros(241))
+    rewrite_idx("fashion-20x20", "train-images-idx3-ubyte", np.zeros((240, 20, 20)))
 
 
 class Payload:
@@ -53,6 +90,28 @@ def workspace(tmp_path_factory) -> Path:
     (root / "mine" / "notes.txt").write_text("my notes\n")
     (root / "a-file").write_text("not a folder\n")
     torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    write_lying_datasets(root)
+    from resnet_repro.data.imagenet import write_standin as write_imagenet
+    write_imagenet(root / "imagenet", classes=2, train_per_class=2, val_per_class=1)
+    for image in (root / "imagenet" / "train").rglob("*.JPEG"):
+        image.write_bytes(image.read_bytes()[:200])  # cut off mid-file
+    # run folders from elsewhere: a config.yaml that is an alias bomb; a run whose config names its own data
+    # folder and a download; manifests and summaries that point outside or have another shape
+    (root / "exp" / "bombed").mkdir()
+    (root / "exp" / "bombed" / "config.yaml").write_text(ALIAS_BOMB)
+    planted = root / "elsewhere" / "planted"
+    shutil.copytree(root / "exp" / "done", planted, ignore=shutil.ignore_patterns(".lock"))
+    config = yaml.safe_load((planted / "config.yaml").read_text())
+    config["data"] = {"class_path": "resnet_repro.data.CIFAR10DataModule",
+                      "init_args": {"data_dir": str(root / "planted-data"), "download": True}}
+    (planted / "config.yaml").write_text(yaml.safe_dump(config))
+    for name, manifest in {"outside": {"runs": ["../../exp/done"]}, "absolute": {"runs": [str(root / "exp/done")]},
+                           "list-manifest": [1, 2], "runs-of-numbers": {"runs": [1]}}.items():
+        (root / "manifests" / name).mkdir(parents=True)
+        (root / "manifests" / name / "experiment.json").write_text(json.dumps(manifest))
+    (root / "list-summary" / "run").mkdir(parents=True)
+    (root / "list-summary" / "run" / "summary.json").write_text("[]")
+    (root / "link").symlink_to(root / "mine")
     (root / "corrupt.ckpt").write_bytes(b"\x80\x02garbage")
     experiments = root / "exps"
     experiments.mkdir()
@@ -64,8 +123,19 @@ def workspace(tmp_path_factory) -> Path:
         "grid-string": {"recipe": recipe, "grid": {"model.model": "resnet20"}},
         "runs-names": {"recipe": recipe, "runs": ["resnet20"]},
         "negative-steps": {"recipe": recipe, "overrides": {"trainer.max_steps": -5}},
+        "long-names": {"recipe": recipe, "grid": {"model.milestones": [list(range(1, 40)), list(range(2, 41))]}},
+        "number-key": {"recipe": recipe, "grid": {1: [2, 3]}},
+        "million": {"recipe": recipe, "grid": {"model.lr": list(range(1, 101)), "model.momentum": list(range(100)),
+                                               "model.weight_decay": list(range(100))}},
     }.items():
         (experiments / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    (experiments / "bomb.yaml").write_text(f"recipe: {recipe}\noverrides:\n  trainer.max_steps: 4\n  bomb: &bomb\n"
+                                           + "".join(f"    {line}\n" for line in ALIAS_BOMB.splitlines())
+                                           + "  trainer.callbacks: [*bomb]\n")
+    (experiments / "two-grids.yaml").write_text(f"recipe: {recipe}\ngrid: {{model.model: [resnet20]}}\n"
+                                                f"grid: {{model.model: [resnet32]}}\n")
+    (experiments / "experiments").mkdir()
+    (experiments / "experiments" / "...yaml").write_text(f"recipe: {recipe}\n")
     return root
 
 
@@ -107,6 +177,72 @@ HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must sa
     "resume with another model": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done", "--model.model",
                                    "plain56"], "model.model 'resnet20' -> 'plain56'"),
     "a second writer": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done"], "is in use by process"),
+    # YAML documents: expanded far beyond their size, or a key given twice
+    "an alias bomb in an experiment's overrides": (["run", "{root}/exps/bomb.yaml", "--dry-run"],
+                                                   "{root}/exps/bomb.yaml: its aliases (*name) expand to more than"),
+    "an alias bomb in a run's config.yaml": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/bombed"],
+                                             "{root}/exp/bombed/config.yaml: its aliases (*name) expand to more than"),
+    "a key given twice": (["run", "{root}/exps/two-grids.yaml", "--dry-run"],
+                          "{root}/exps/two-grids.yaml line 3: the key 'grid' is given twice in one mapping"),
+    # names that are not one safe folder, grids too large or keyed by numbers
+    "an experiment named ..": (["run", "{root}/exps/experiments/...yaml"],
+                               "the experiment name '..' is not a safe folder name"),
+    "an over-long run name": (["run", "{root}/exps/long-names.yaml"],
+                              "the run name 'resnet20-milestones_1__2__3__4"),
+    "a number as a grid key": (["run", "{root}/exps/number-key.yaml"],
+                               "each key of grid must be a dotted config key, e.g. model.model, not int 1"),
+    "a million runs": (["run", "{root}/exps/million.yaml", "--dry-run"],
+                       "makes 1,000,000 runs, more than 1,000 in one go: pick some with --only"),
+    # values that would train something else than asked, or fail later in a traceback
+    "milestones out of order": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--model.milestones", "[3, 1]"],
+                                "model.milestones must be iterations in increasing order, each 1 or more"),
+    "a negative milestone": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--model.milestones", "[-1]"],
+                             "not [-1]"),
+    "log every 0 steps": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--trainer.log_every_n_steps", "0"],
+                          "trainer.log_every_n_steps must be a number of iterations, 1 or more, not 0"),
+    "validate every 0 steps": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--trainer.val_check_interval", "0"],
+                               "trainer.val_check_interval must be a number of iterations, 1 or more, not 0"),
+    "checkpoint every -1 steps": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--checkpoint.every_n_train_steps",
+                                   "-1"], "checkpoint.every_n_train_steps must be a number of iterations, 1 or more"),
+    # dataset files that lie about what they hold
+    **{f"CIFAR-10 {case}": (["fit", "--config", str(REPO / "experiments/cifar10/base.yaml"), "--run_dir", "{root}/exp/new",
+                            "--data.init_args.data_dir", f"{{root}}/cifar-{folder}", "--data.init_args.download", "false",
+                            "--trainer.max_steps", "2"], f"{{root}}/cifar-{folder}/cifar-10-batches-py/data_batch_1 {what}")
+       for case, folder, what in [
+           ("NaN pixels", "nan", "holds pixels of type float64 from nan to nan, not bytes 0..255"),
+           ("pixels above 255", "300", "holds pixels of type int64 from 200 to 455, not bytes 0..255"),
+           ("more labels than images", "more-labels", "hold 40 images and 41 labels: every image has exactly one label"),
+           ("fewer labels than images", "fewer-labels", "hold 40 images and 39 labels")]},
+    "Fashion-MNIST with more labels than images": (
+        ["fit", "--config", str(REPO / "experiments/cifar10/base.yaml"), "--data", "resnet_repro.data.FashionMNISTDataModule",
+         "--run_dir", "{root}/exp/new", "--data.init_args.data_dir", "{root}/fashion-more-labels",
+         "--data.init_args.download", "false", "--trainer.max_steps", "2"], "train-images-idx3-ubyte.gz and "
+        "{root}/fashion-more-labels/FashionMNIST/raw/train-labels-idx1-ubyte.gz hold 240 images and 241 labels"),
+    "Fashion-MNIST of 20x20 images": (
+        ["fit", "--config", str(REPO / "experiments/cifar10/base.yaml"), "--data", "resnet_repro.data.FashionMNISTDataModule",
+         "--run_dir", "{root}/exp/new", "--data.init_args.data_dir", "{root}/fashion-20x20",
+         "--data.init_args.download", "false", "--trainer.max_steps", "2"], "train-images-idx3-ubyte.gz holds images "
+        "of shape (20, 20), not (28, 28)"),
+    "an unreadable ImageNet JPEG": (
+        ["fit", "--config", str(REPO / "experiments/imagenet/base.yaml"), "--run_dir", "{root}/exp/new",
+         "--data.init_args.data_dir", "{root}/imagenet", "--data.init_args.num_workers", "0",
+         "--data.init_args.crop_size", "32", "--data.init_args.batch_size", "4", "--trainer.accelerator", "cpu",
+         "--trainer.devices", "1", "--trainer.strategy", "auto",
+         "--trainer.precision", "32-true", "--trainer.max_steps", "2"], ".JPEG is not a readable image (OSError"),
+    # a run folder or an experiment folder from elsewhere must not choose what this machine reads, writes, fetches
+    "responses on a run that names its own data folder and a download": (
+        ["responses", "{root}/elsewhere/planted", "--out", "{root}/resp"],
+        "CIFAR-10 is not in data/cifar-10-batches-py"),
+    **{f"report on a manifest {case}": (["report", f"{{root}}/manifests/{name}", "--out", "{root}/rep"], what)
+       for case, name, what in [
+           ("naming a run outside its runs root", "outside", "names run folders outside {root}/manifests/<experiment>/<run> (../../exp/done)"),
+           ("naming a run by an absolute path", "absolute", "names run folders outside {root}/manifests"),
+           ("that is a list", "list-manifest", "{root}/manifests/list-manifest/experiment.json is not an experiment manifest"),
+           ("whose runs are numbers", "runs-of-numbers", "runs-of-numbers/experiment.json is not an experiment manifest")]},
+    "report on a summary that is a list": (["report", "{root}/list-summary", "--out", "{root}/rep"],
+                                           "{root}/list-summary/run/summary.json is not a run summary of resnet-repro"),
+    "report --out a symbolic link": (["report", "{root}/exp", "--out", "{root}/link"],
+                                     "--out {root}/link is a symbolic link"),
 }
 
 
@@ -310,3 +446,46 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
                                                        "checkpoint, and the same command resumes it")
         assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == checkpoint
         assert summary(run)["status"] == "interrupted"
+
+
+def test_a_full_disk_mid_checkpoint_ends_in_one_line_keeps_the_last_good_checkpoint_and_resumes(tmp_path, monkeypatch):
+    run = tmp_path / "exp" / "full"
+    save = torch.save
+    calls = []
+
+    def fills_the_disk(obj, path, *args, **kwargs):  # the second checkpoint: half written, then no space left
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    message = cli_error("fit", *QUIET, "--wandb", "false", *DIGITS, *TINY, "--run_dir", str(run))
+    assert message == (f"resnet-repro fit: No space left on device ({run}/checkpoints/last.ckpt.tmp): free some "
+                       f"space, then the same command goes on from the last checkpoint")
+    assert calls[1] == run / "checkpoints" / "last.ckpt.tmp"  # written beside its target, not in $TMPDIR
+    assert summary(run)["status"] == "failed" and "No space left on device" in summary(run)["error"]
+    assert sorted(p.name for p in run.rglob("*.tmp")) == []  # no half-written leftovers
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2  # the last good one
+    monkeypatch.setattr(torch, "save", save)
+    fit(*DIGITS, *TINY, "--run_dir", str(run))
+    assert summary(run)["status"] == "finished" and summary(run)["steps"] == 4
+
+
+def test_replacing_an_output_keeps_every_sibling_and_its_folders_follow_the_umask(tmp_path):
+    from resnet_repro.report.write import staged
+
+    (tmp_path / ".rep-old").mkdir()  # a user's folder that the old replacement would have deleted
+    (tmp_path / ".rep-old" / "thesis.tex").write_text("mine\n")
+    old_umask = os.umask(0o022)
+    try:
+        for text in ("first", "second"):
+            with staged(tmp_path / "rep") as folder:
+                (folder / "table.md").write_text(text)
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "rep" / "table.md").read_text() == "second"
+    assert (tmp_path / ".rep-old" / "thesis.tex").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep-old", "rep"]
+    assert stat.S_IMODE((tmp_path / "rep").stat().st_mode) == 0o755

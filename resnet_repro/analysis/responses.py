@@ -8,6 +8,7 @@ channels (the typical response of one filter); `pool="all"` takes one std over e
 """
 
 import argparse
+import inspect
 import shlex
 from pathlib import Path
 from typing import Iterable, Literal
@@ -16,16 +17,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..batchnorm import hooked
+from ..files import read_yaml
 from ..models import BasicBlock, Bottleneck
 from ..report.write import staged
 from ..rundir import read_checkpoint
 
 BOOTSTRAP_SAMPLES = 1000
+# Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
+# never a run folder's, which may come from elsewhere
+DATA_LOCATION = ("data_dir", "download")
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -152,22 +156,33 @@ def response_findings(runs: pd.DataFrame, replicates: dict[str, Tensor], seed: i
     return lines
 
 
-def data_module_from(config_path: Path):
+def data_module_from(config_path: Path, from_run: bool):
     """The data module named in a config's data section. Only this package's data modules are built: a run
-    directory from elsewhere is data, and its config must not name code to run."""
+    directory from elsewhere is data, and its config must not name code to run. From a run's own config
+    (`from_run`) the data's location and download setting are not taken: the module's defaults hold (its data
+    where this machine keeps it, ./data), and nothing is downloaded."""
     from .. import data as data_modules
 
     try:
-        data = yaml.safe_load(config_path.read_text())["data"]
+        data = read_yaml(config_path)["data"]
         class_path, init_args = data["class_path"], dict(data.get("init_args") or {})
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+    except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{config_path} has no data section with a class_path ({type(error).__name__}); pass "
                          f"--data with a recipe such as experiments/cifar10/base.yaml") from error
     module_name, _, class_name = class_path.rpartition(".")
     if module_name.split(".")[0] != "resnet_repro" or class_name not in data_modules.__all__:
         raise ValueError(f"{config_path} names the data module {class_path!r}, which is not one of resnet-repro's "
                          f"({', '.join(data_modules.__all__)}); only those are built from a run's config")
-    return getattr(data_modules, class_name)(**init_args)
+    module = getattr(data_modules, class_name)
+    if from_run:
+        init_args = {key: value for key, value in init_args.items() if key not in DATA_LOCATION}
+        if "download" in inspect.signature(module).parameters:
+            init_args["download"] = False
+    try:
+        return module(**init_args)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: its data section does not build {class_name} ({error}); pass --data with "
+                         f"a recipe whose data section says where the images are") from error
 
 
 def load_run(checkpoint: Path, data_config: Path | None = None):
@@ -180,8 +195,14 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
     config_path = Path(data_config) if data_config else checkpoint.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: pass --data with a recipe whose data section gives the images")
-    datamodule = data_module_from(config_path)
-    datamodule.setup("test")
+    datamodule = data_module_from(config_path, from_run=data_config is None)
+    try:
+        datamodule.setup("test")
+    except FileNotFoundError as error:
+        if data_config:
+            raise
+        raise FileNotFoundError(f"{error} (responses takes where the data is from --data, never from the run's "
+                                f"{config_path}: pass --data with a recipe that sets data.init_args.data_dir)") from error
     images = (images for images, _ in datamodule.test_dataloader())
     # eager: the hooks read every 3x3 layer's output, and a net trained compiled need not pay to compile again here
     module = ResNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, compile_mode=None)
@@ -235,7 +256,8 @@ def responses_command(argv: list[str]) -> None:
     parser.add_argument("paths", nargs="+", type=Path,
                         help="checkpoints, run directories or experiment folders (runs/cifar10-table6 ...)")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="only runs of these nets (e.g. plain20 resnet56)")
-    parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images (default: each run's)")
+    parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images and where they are (default: each run's "
+                             "data module, from its default folder, ./data, never downloading)")
     parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
     parser.add_argument("--out", type=Path, default=Path("results/responses"))

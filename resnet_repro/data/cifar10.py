@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets.utils import download_and_extract_archive
 
-from .small_images import SmallImageDataModule, checked_labels
+from .small_images import SmallImageDataModule, checked_dataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -37,15 +37,16 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
         try:
             with open(path, "rb") as f:
                 batch = BatchUnpickler(f, encoding="bytes").load()
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            data, batch_labels = batch[b"data"], batch[b"labels"]
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} is missing: download {URL} and extract it into {folder.parent}")
         except Exception as error:  # a truncated or foreign file fails in pickle or numpy, in many ways
             raise ValueError(f"{path} is corrupt ({type(error).__name__}: {error}): delete {folder} and "
                              f"download {URL} again") from error
-        checked_labels(torch.from_numpy(labels[-1]), path)
-    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+        data, batch_labels = checked_dataset(data, batch_labels, (3 * 32 * 32,), path)
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return torch.cat(images), torch.cat(labels)
 
 
 class CIFAR10DataModule(SmallImageDataModule):

@@ -10,12 +10,11 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
 
-from .small_images import SmallImageDataModule, checked_labels
+from .small_images import SmallImageDataModule, checked_dataset
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -30,7 +29,7 @@ def find_idx_files(folders: list[Path]) -> list[Path] | None:
     return None
 
 
-def read_idx(path: Path) -> Tensor:
+def read_idx(path: Path) -> np.ndarray:
     """An idx file of unsigned bytes (the MNIST format: a magic number 0x0000 0x08 ndim, ndim big-endian
     sizes, the data), plain or gzipped."""
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
@@ -39,7 +38,7 @@ def read_idx(path: Path) -> Tensor:
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim]) if len(data) >= 4 + 4 * ndim else ()
     if data[:3] != b"\x00\x00\x08" or not shape or len(data) != 4 + 4 * ndim + int(np.prod(shape)):
         raise ValueError(f"{path} is not a complete idx file of bytes: delete it and download Fashion-MNIST again")
-    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def to_rgb32(images: Tensor) -> Tensor:
@@ -76,8 +75,9 @@ class FashionMNISTDataModule(SmallImageDataModule):
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.prepare_data()  # setup without a trainer still finds or fetches the data
         train_x, train_y, test_x, test_y = find_idx_files(self.folders)
-        return (to_rgb32(read_idx(train_x)), checked_labels(read_idx(train_y).long(), train_y),
-                to_rgb32(read_idx(test_x)), checked_labels(read_idx(test_y).long(), test_y))
+        train_images, train_labels = checked_dataset(read_idx(train_x), read_idx(train_y), (28, 28), train_x, train_y)
+        test_images, test_labels = checked_dataset(read_idx(test_x), read_idx(test_y), (28, 28), test_x, test_y)
+        return to_rgb32(train_images), train_labels, to_rgb32(test_images), test_labels
 
 
 def write_standin(data_dir: Path, train: int = 240, test: int = 60, seed: int = 0) -> dict:

@@ -22,6 +22,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -120,6 +121,15 @@ class EvalSampler(Sampler[int]):
         return len(self.indices)
 
 
+def read_image(path: str):
+    """An image file as RGB; one that cannot be decoded (truncated, not an image) fails naming the file."""
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for a broken file
+        raise ValueError(f"{path} is not a readable image ({type(error).__name__}: {error}): replace it with a "
+                         f"good copy or delete it") from error
+
+
 class ImageNetDataModule(L.LightningDataModule):
     """ImageNet with the paper's training augmentation and one of its three tests (`eval_mode`).
 
@@ -176,7 +186,7 @@ class ImageNetDataModule(L.LightningDataModule):
                                     f"<class>/<image> (data_dir={self.data_dir}); it cannot be downloaded "
                                     f"automatically: get ILSVRC-2012 from image-net.org, with val sorted into "
                                     f"class folders")
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=transform, loader=read_image)
 
     def setup(self, stage: str) -> None:
         self.rank, self.world_size = self.rank_and_world_size

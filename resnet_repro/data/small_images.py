@@ -102,13 +102,33 @@ class EvalBatches:
 NUM_CLASSES = 10  # CIFAR-10, Fashion-MNIST and digits alike
 
 
-def checked_labels(labels: Tensor, path) -> Tensor:
-    """Labels read from a dataset file, refused in one line naming the file if any is not a class index."""
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES:
-        raise ValueError(f"{path} holds labels from {int(labels.min())} to {int(labels.max())}, outside "
-                         f"0..{NUM_CLASSES - 1}: the file is corrupt or of another dataset; delete it and download "
-                         f"the dataset again")
-    return labels
+def checked_dataset(images, labels, image_shape: tuple[int, ...], path, labels_path=None) -> tuple[Tensor, Tensor]:
+    """Images and labels as read from a dataset's files, as (uint8 images, int64 labels); refused in one line
+    naming the file unless the pixels are bytes (or integers 0..255), each image has `image_shape`, and every
+    image has exactly one label, a class index. Numpy would otherwise cast without a word: NaN to 0, 300 to 44."""
+    def refuse(where, what: str) -> None:
+        raise ValueError(f"{where} {what}: the file is corrupt or of another dataset; delete it and download the "
+                         f"dataset again")
+
+    try:
+        images, labels = np.asarray(images), np.asarray(labels)
+    except ValueError as error:  # ragged lists
+        refuse(path, f"does not hold arrays of images and labels ({error})")
+    if images.dtype != np.uint8 and (images.dtype.kind not in "iu" or images.size
+                                     and not 0 <= images.min() <= images.max() <= 255):
+        shown = f"from {images.min()} to {images.max()}" if images.dtype.kind in "iuf" and images.size else ""
+        refuse(path, f"holds pixels of type {images.dtype} {shown}, not bytes 0..255")
+    if images.shape[1:] != tuple(image_shape):
+        refuse(path, f"holds images of shape {images.shape[1:]}, not {tuple(image_shape)}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        refuse(labels_path or path, f"holds labels of type {labels.dtype} and shape {labels.shape}, not one class "
+                                    f"index per image")
+    if len(labels) != len(images):
+        refuse(f"{path}" + (f" and {labels_path}" if labels_path else ""),
+               f"hold {len(images)} images and {len(labels)} labels: every image has exactly one label")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
+        refuse(labels_path or path, f"holds labels from {labels.min()} to {labels.max()}, outside 0..{NUM_CLASSES - 1}")
+    return torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64))
 
 
 def normalize(images: Tensor, mean: Tensor) -> Tensor:

@@ -2,13 +2,13 @@
 protocol, and the curves of all runs."""
 
 import io
-import json
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from ..files import read_json
 from ..rundir import read_summary
 
 RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
@@ -73,15 +73,36 @@ def evaluations(name: str, metrics: pd.DataFrame) -> list[dict]:
     return list(found.values())
 
 
+def read_manifest(folder: Path) -> dict | None:
+    """An experiment folder's experiment.json (written by `run`), or None. It may come from elsewhere: it must
+    be an object whose runs are folders `<runs root>/<experiment>/<run>` of the runs root this folder is in,
+    else it is refused in one line, so that it cannot make `report` read (and quote) files anywhere else."""
+    folder = Path(folder)
+    path = folder / "experiment.json"
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    runs = manifest.get("runs") if isinstance(manifest, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
+        raise ValueError(f"{path} is not an experiment manifest of resnet-repro (an object whose runs are a list of "
+                         f"run folders): restore it, or delete it to report every run in {folder}")
+    root = folder.resolve().parent
+    outside = [run for run in runs if (folder / run).resolve().parent.parent != root]
+    if outside:
+        raise ValueError(f"{path} names run folders outside {root}/<experiment>/<run> ({', '.join(outside[:3])}): "
+                         f"a manifest names runs of its own runs root only; pass other experiment folders yourself")
+    return manifest
+
+
 def run_dirs(folder: Path) -> list[Path]:
-    """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder),
-    else every run directory in the folder."""
+    """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder
+    of the same runs root), else every run directory in the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
-    manifest = folder / "experiment.json"
-    if manifest.is_file():
-        return [(folder / path).resolve() for path in json.loads(manifest.read_text())["runs"]]
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return [(folder / path).resolve() for path in manifest["runs"]]
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 

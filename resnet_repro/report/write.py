@@ -3,7 +3,7 @@ saying what made them, written all at once: a crash half-way leaves the previous
 
 import argparse
 import contextlib
-import json
+import os
 import shlex
 import shutil
 import tempfile
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .collect import budgets, collect_runs, collect_wandb
+from .collect import budgets, collect_runs, collect_wandb, read_manifest
 from .figures import training_curves
 from .tables import error_table, findings, format_table
 
@@ -22,6 +22,9 @@ MARKER = ".resnet-repro-output"  # in every folder this tool writes, listing the
 def check_replaceable(out: Path) -> None:
     """`out` may be replaced only if it is missing, empty, or a folder this tool wrote that holds nothing else:
     anything else is refused in one line, before any work, and never deleted."""
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link: name the folder itself (a link would be replaced by a "
+                         f"folder, or lead the output elsewhere)")
     if not out.exists():
         return
     if not out.is_dir():
@@ -47,14 +50,16 @@ def staged(out: Path):
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private (0700); the output is shared as the umask says
     try:
         yield staging
         (staging / MARKER).write_text("".join(f"{p.name}\n" for p in sorted(staging.iterdir())))
         check_replaceable(out)  # again: something may have been put there while the output was made
-        if out.exists():  # swap in the new folder, then drop the old one
-            old = out.with_name(f".{out.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
+        if out.exists():  # swap in the new folder, then drop the old one, moved into a folder made for it here
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            out.rename(old / out.name)
             staging.rename(out)
             shutil.rmtree(old)
         else:
@@ -84,8 +89,7 @@ def write_report(folders: list[Path], out: Path, command: str, wandb_project: st
 def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
     listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}: `{r.command}`"
                        for r in runs.itertuples())
-    smoke = [f for f in folders if (Path(f) / "experiment.json").is_file()
-             and json.loads((Path(f) / "experiment.json").read_text()).get("smoke")]
+    smoke = [f for f in folders if (read_manifest(f) or {}).get("smoke")]
     warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
                "works, nothing about the paper.**\n\n" if smoke else "")
     fractions = " and ".join(budgets(runs))

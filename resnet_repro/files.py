@@ -1,0 +1,84 @@
+"""Reading files that may come from elsewhere (YAML, JSON) and writing files so that a crash or a full disk
+never leaves a half-written one in place of a good one."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into `<path>.tmp` beside the target, flushed to disk, then renamed over it: a rename within
+    one folder is atomic (a temporary file elsewhere, e.g. in /tmp on another filesystem, could only be copied).
+    If anything fails the temporary file is removed and the target is as it was."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): restore it or delete it") from error
+
+
+def check_nodes(root: yaml.Node, path: Path, size: int) -> None:
+    """Walks the document as its aliases would expand it, stopping beyond what `size` characters can hold;
+    refuses duplicate keys (YAML would keep the last one without a word). Without aliases a document has at most
+    about one node per character; aliases let a few characters stand for a huge tree (an alias bomb: nine lists
+    of nine aliases of the one before are 9^9 nodes)."""
+    limit = 2 * size + 1000
+    stack, count = [root], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ValueError(f"{path}: its aliases (*name) expand to more than {limit:,} YAML nodes, far more than "
+                             f"its {size:,} characters hold (an alias bomb?); "
+                             f"refused before expanding it: write the values out")
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.value == "<<":  # <<: a merge, may repeat keys
+                    continue
+                if key.value in seen:
+                    raise ValueError(f"{path} line {key.start_mark.line + 1}: the key {key.value!r} is given twice in "
+                                     f"one mapping (YAML would keep only the last): write each key once")
+                seen.add(key.value)
+            stack += [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as plain data (safe: no tags that build objects), refused in one line naming the file if it
+    is not valid YAML, gives a key twice, or expands far beyond its size. Every YAML file the project reads
+    itself (experiment files, recipes, a run's config.yaml) is read here."""
+    path = Path(path)
+    text = path.read_text()
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_nodes(node, path, len(text))
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from error
+    finally:
+        loader.dispose()
