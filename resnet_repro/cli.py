@@ -188,12 +188,16 @@ class RunCLI(LightningCLI):
             config.trainer.benchmark = False
         if self.subcommand is not None:  # checkpoints are loaded as data (tensors, plain containers), never as code
             config.weights_only = True
-        if rank_zero_only.rank == 0:  # the other ranks of a DDP run are started by, or alongside, rank 0
-            self.check_run_dir(config)
+        self.check_run_dir(config)
 
     def check_run_dir(self, config) -> None:
+        """On every rank alike: each reads the checkpoint and config.yaml, so each resumes from the same point and
+        each refuses, or finds the run finished, with the same line (a rank that a launcher started exits as rank 0
+        does instead of waiting for it). Nothing is written before the ranks meet, so they all read the same
+        files. The lock is rank 0's, the writer's."""
         run_dir = Path(config.run_dir)
-        self.lock = RunLock(run_dir)
+        if rank_zero_only.rank == 0:
+            self.lock = RunLock(run_dir)
         if self.subcommand != "fit":
             return
         checkpoint = last_checkpoint(run_dir)
@@ -215,7 +219,7 @@ class RunCLI(LightningCLI):
                              f"values from iteration {resumed_at} (recorded in summary.json)")
         if changed:
             self.config_change = {"step": resumed_at, "changed": changed}
-            print(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
+            rank_zero_only(print)(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
                   f"{json.dumps(changed)}", file=sys.stderr)
         elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
             raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
