@@ -346,4 +346,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # `python -m resnet_repro.cli`: how torchrun and the local launcher start a run
-    main()
+    # the package's module, not this copy of it named __main__: the classes other modules import from
+    # resnet_repro.cli (AlreadyFinished, RunCLI) are then the ones this command raises and catches
+    from resnet_repro.cli import main as package_main
+
+    package_main()
