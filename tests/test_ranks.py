@@ -52,7 +52,7 @@ def two_rank_run(tmp_path_factory) -> Path:
     (root / "exps" / "tiny.yaml").write_text(yaml.safe_dump({
         "recipe": "experiments/digits/base.yaml",
         "overrides": {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
-                      "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": False,
+                      "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": True,
                       "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}}))
     written, _ = launched(str(Path(sys.executable).parent / "resnet-repro"), "run", str(root / "exps" / "tiny.yaml"),
                           "--launcher", "torchrun", "--devices", "2", "--runs-root", str(root / "runs"))
@@ -71,6 +71,8 @@ def test_the_torchrun_script_trains_the_run_on_two_ranks(two_rank_run):
     assert done["status"] == "finished" and done["devices"] == 2 and done["steps"] == 4
     assert done["test/images"] == 300 and done["val/images"] == 200  # every image once over the two ranks
     assert train_rows(run).index.tolist() == [1, 2, 3, 4]
+    [record] = (run / "wandb").glob("offline-run-*/run-*.wandb")  # one W&B run, rank 0's, whose id resumes it
+    assert (run / "wandb_run_id").read_text().strip() in record.name
 
 
 def test_a_finished_run_ends_every_rank_with_its_line_and_exit_0(two_rank_run):
