@@ -92,6 +92,7 @@ def check_values(config, subcommand: str | None) -> None:
                          f"recipes stop at max_steps: their schedules are in iterations)")
     if config.budget is not None:
         budget_fraction(config.budget)
+    check_sync_batchnorm(config)
     data = data_class(config.data.class_path)
     unknown = [protocol for protocol in config.protocols if protocol not in data.protocols]
     if unknown:
@@ -99,6 +100,20 @@ def check_values(config, subcommand: str | None) -> None:
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run_dir {run_dir} is a file: a run directory is a folder (runs/<experiment>/<run>)")
+
+
+def check_sync_batchnorm(config) -> None:
+    """SyncBatchNorm replaces every BN, ghost BN's included, and normalises the images of all ranks as one batch:
+    the BN switches, which assume per-rank BatchNorm2d, are refused beside it rather than silently undone."""
+    if not config.trainer.sync_batchnorm:
+        return
+    if config.model.bn_group_size is not None:
+        raise ValueError(f"--trainer.sync_batchnorm true normalises the images of all ranks as one batch, and "
+                         f"model.bn_group_size {config.model.bn_group_size} asks for BN over groups of that many: "
+                         f"leave out one of the two")
+    if config.precise_bn_batches:
+        raise ValueError(f"--trainer.sync_batchnorm true turns every BN into a SyncBatchNorm, whose statistics "
+                         f"precise_bn_batches {config.precise_bn_batches} cannot recompute: leave out one of the two")
 
 
 def budget_fraction(text: str) -> Fraction:
