@@ -53,7 +53,8 @@ def two_rank_run(tmp_path_factory) -> Path:
         "recipe": "experiments/digits/base.yaml",
         "overrides": {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
                       "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": True,
-                      "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}}))
+                      "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,
+                      "model.bn_group_size": 16}}))  # more than the 8 images of each rank's share
     written, _ = launched(str(Path(sys.executable).parent / "resnet-repro"), "run", str(root / "exps" / "tiny.yaml"),
                           "--launcher", "torchrun", "--devices", "2", "--runs-root", str(root / "runs"))
     assert written.returncode == 0, written.stderr[-2000:]
@@ -61,6 +62,7 @@ def two_rank_run(tmp_path_factory) -> Path:
     trained, seconds = launched("bash", str(script))
     print(f"torchrun script trained the run in {seconds:.0f} s")
     assert trained.returncode == 0, trained.stderr[-3000:]
+    (script.parent / "launch.err").write_text(trained.stderr)
     return script
 
 
@@ -73,6 +75,9 @@ def test_the_torchrun_script_trains_the_run_on_two_ranks(two_rank_run):
     assert train_rows(run).index.tolist() == [1, 2, 3, 4]
     [record] = (run / "wandb").glob("offline-run-*/run-*.wandb")  # one W&B run, rank 0's, whose id resumes it
     assert (run / "wandb_run_id").read_text().strip() in record.name
+    warnings = [line for line in (run / "launch.err").read_text().splitlines() if "BN over" in line]
+    assert warnings == ["warning: BN over 8 images, not the 16 of model.bn_group_size: a batch of 16 on 2 ranks leaves "
+                        "8 per rank (use at most 1 rank, or a smaller model.bn_group_size)"]  # once, from rank 0
 
 
 def test_a_finished_run_ends_every_rank_with_its_line_and_exit_0(two_rank_run):
