@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 from jsonargparse import ArgumentError
 from jsonargparse.typing import NonNegativeInt
@@ -246,10 +247,17 @@ class RunCLI(LightningCLI):
         # run's, whatever session logged them (a resumed run's val/ error may come from before the kill)
         finish_wandb(exit_code=0, summary=final_errors(Path(self.command_config.run_dir)))
 
+    def use_protocol(self, protocol: str) -> None:
+        """Evaluate under `protocol` from now on. cuDNN's benchmark (trainer.benchmark) tunes the convolutions for
+        each new input shape: once for fixed crops, but for every image of the multi-scale test, each of its own
+        size, so it is off there."""
+        self.datamodule.use_protocol(protocol)
+        torch.backends.cudnn.benchmark = bool(self.command_config.trainer.benchmark) and protocol != "multi_scale"
+
     def before_test(self) -> None:
         protocols = self.command_config.protocols
         if protocols:
-            self.datamodule.use_protocol(protocols[0])
+            self.use_protocol(protocols[0])
 
     def after_test(self) -> None:
         self.evaluate(self.command_config.protocols[1:], ckpt_path=self.command_config.ckpt_path)
@@ -257,7 +265,7 @@ class RunCLI(LightningCLI):
     def evaluate(self, protocols: list[str], ckpt_path: str | None = None) -> None:
         """The final weights under each test protocol, one after another in this process (and its DDP ranks)."""
         for protocol in protocols:
-            self.datamodule.use_protocol(protocol)
+            self.use_protocol(protocol)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
