@@ -68,6 +68,24 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return torch.cat(outputs)
 
 
+def bn_groups(group_size: int | None, batch_size: int, world_size: int) -> tuple[str, bool]:
+    """In one line, the images each BN normalises together in training on `world_size` ranks: a rank's share of
+    the global batch, in groups of `group_size` (None: the whole share); and whether that is fewer than the
+    group the config asks for (a rank's share smaller than model.bn_group_size, which the batch would fill)."""
+    def ranks(n: int) -> str:
+        return f"{n} rank{'s' if n > 1 else ''}"
+
+    per_rank = batch_size // world_size
+    images = per_rank if group_size is None else min(group_size, per_rank)
+    shrunk = group_size is not None and images < min(group_size, batch_size)
+    if shrunk:
+        return (f"BN over {images} images, not the {group_size} of model.bn_group_size: a batch of {batch_size} on "
+                f"{ranks(world_size)} leaves {per_rank} per rank (use at most "
+                f"{ranks(batch_size // min(group_size, batch_size))}, or a smaller model.bn_group_size)"), True
+    groups = f" in groups of {group_size}" if group_size is not None and group_size < per_rank else ""
+    return f"BN over {images} images: a batch of {batch_size} on {ranks(world_size)}, {per_rank} per rank{groups}", False
+
+
 @contextmanager
 def hooked(model: nn.Module, hooks: list[RemovableHandle], training: bool) -> Iterator[None]:
     """`model` in train or eval mode with `hooks` registered, for a pass over some batches; on the way out, however

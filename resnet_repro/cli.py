@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 from jsonargparse import ArgumentError
 from jsonargparse.typing import NonNegativeInt
@@ -108,6 +109,7 @@ def check_values(config, subcommand: str | None) -> None:
                              + (" (or a fraction of an epoch, above 0 and at most 1)" if "val_check" in key else ""))
     if config.budget is not None:
         budget_fraction(config.budget)
+    check_sync_batchnorm(config)
     data = data_class(config.data.class_path)
     unknown = [protocol for protocol in config.protocols if protocol not in data.protocols]
     if unknown:
@@ -119,6 +121,20 @@ def check_values(config, subcommand: str | None) -> None:
 
 def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_sync_batchnorm(config) -> None:
+    """SyncBatchNorm replaces every BN, ghost BN's included, and normalises the images of all ranks as one batch:
+    the BN switches, which assume per-rank BatchNorm2d, are refused beside it rather than silently undone."""
+    if not config.trainer.sync_batchnorm:
+        return
+    if config.model.bn_group_size is not None:
+        raise ValueError(f"--trainer.sync_batchnorm true normalises the images of all ranks as one batch, and "
+                         f"model.bn_group_size {config.model.bn_group_size} asks for BN over groups of that many: "
+                         f"leave out one of the two")
+    if config.precise_bn_batches:
+        raise ValueError(f"--trainer.sync_batchnorm true turns every BN into a SyncBatchNorm, whose statistics "
+                         f"precise_bn_batches {config.precise_bn_batches} cannot recompute: leave out one of the two")
 
 
 def budget_fraction(text: str) -> Fraction:
@@ -212,12 +228,16 @@ class RunCLI(LightningCLI):
             config.trainer.benchmark = False
         if self.subcommand is not None:  # checkpoints are loaded as data (tensors, plain containers), never as code
             config.weights_only = True
-        if rank_zero_only.rank == 0:  # the other ranks of a DDP run are started by, or alongside, rank 0
-            self.check_run_dir(config)
+        self.check_run_dir(config)
 
     def check_run_dir(self, config) -> None:
+        """On every rank alike: each reads the checkpoint and config.yaml, so each resumes from the same point and
+        each refuses, or finds the run finished, with the same line (a rank that a launcher started exits as rank 0
+        does instead of waiting for it). Nothing is written before the ranks meet, so they all read the same
+        files. The lock is rank 0's, the writer's."""
         run_dir = Path(config.run_dir)
-        self.lock = RunLock(run_dir)
+        if rank_zero_only.rank == 0:
+            self.lock = RunLock(run_dir)
         if self.subcommand != "fit":
             return
         checkpoint = last_checkpoint(run_dir)
@@ -239,7 +259,7 @@ class RunCLI(LightningCLI):
                              f"values from iteration {resumed_at} (recorded in summary.json)")
         if changed:
             self.config_change = {"step": resumed_at, "changed": changed}
-            print(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
+            rank_zero_only(print)(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
                   f"{json.dumps(changed)}", file=sys.stderr)
         elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
             raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
@@ -261,10 +281,17 @@ class RunCLI(LightningCLI):
         # run's, whatever session logged them (a resumed run's val/ error may come from before the kill)
         finish_wandb(exit_code=0, summary=final_errors(Path(self.command_config.run_dir)))
 
+    def use_protocol(self, protocol: str) -> None:
+        """Evaluate under `protocol` from now on. cuDNN's benchmark (trainer.benchmark) tunes the convolutions for
+        each new input shape: once for fixed crops, but for every image of the multi-scale test, each of its own
+        size, so it is off there."""
+        self.datamodule.use_protocol(protocol)
+        torch.backends.cudnn.benchmark = bool(self.command_config.trainer.benchmark) and protocol != "multi_scale"
+
     def before_test(self) -> None:
         protocols = self.command_config.protocols
         if protocols:
-            self.datamodule.use_protocol(protocols[0])
+            self.use_protocol(protocols[0])
 
     def after_test(self) -> None:
         self.evaluate(self.command_config.protocols[1:], ckpt_path=self.command_config.ckpt_path)
@@ -272,7 +299,7 @@ class RunCLI(LightningCLI):
     def evaluate(self, protocols: list[str], ckpt_path: str | None = None) -> None:
         """The final weights under each test protocol, one after another in this process (and its DDP ranks)."""
         for protocol in protocols:
-            self.datamodule.use_protocol(protocol)
+            self.use_protocol(protocol)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
@@ -386,4 +413,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # `python -m resnet_repro.cli`: how torchrun and the local launcher start a run
-    main()
+    # the package's module, not this copy of it named __main__: the classes other modules import from
+    # resnet_repro.cli (AlreadyFinished, RunCLI) are then the ones this command raises and catches
+    from resnet_repro.cli import main as package_main
+
+    package_main()

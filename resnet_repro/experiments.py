@@ -43,6 +43,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .analysis.complexity import count_macs, count_params, meta_model
+from .batchnorm import bn_groups
 from .cli import budget_fraction, check_config, data_class
 from .models import get_spec
 from .files import read_yaml, write_json_atomically
@@ -314,19 +315,20 @@ def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[st
     return args + ["--trainer.strategy", "ddp" if devices * nodes > 1 else "auto"]
 
 
-def describe(run: Run, command: str) -> str:
+def describe(run: Run, command: str, world_size: int) -> str:
     net = build_on_meta(run)
     model = run.setting("model.model")
     steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
     flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
     switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
                 for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
+    bn, shrunk = bn_groups(run.setting("model.bn_group_size"), batch, world_size)
     budget = run.settings.get("budget")
     schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
         f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
             f"{flops:.3g} training FLOPs\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
-            + f"  {command}")
+            + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}")
 
 
 def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, devices: int) -> str:
@@ -508,7 +510,7 @@ def run_command(argv: list[str]) -> None:
         if missing:  # protocols of this experiment that the run's own experiment does not evaluate
             commands.append(launch_command(args.launcher, "test", evaluate_args, args.nodes, devices))
         if args.dry_run:
-            print(describe(run, "\n  ".join(commands)))
+            print(describe(run, "\n  ".join(commands), devices * args.nodes))
             continue
         finished = summary.get("status") == "finished"
         if finished:

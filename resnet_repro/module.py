@@ -9,6 +9,7 @@ implicit: BN over groups of the batch (`bn_group_size`), Caffe's form of momentu
 """
 
 import math
+import sys
 from bisect import bisect_right
 from typing import Literal
 
@@ -20,7 +21,7 @@ from torch import Tensor
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .batchnorm import GhostBatchNorm2d
+from .batchnorm import GhostBatchNorm2d, bn_groups
 from .models import build_model, get_spec
 
 # torch.compile's modes. reduce-overhead adds CUDA graphs, which pay off for thin deep nets whose small kernels
@@ -148,6 +149,13 @@ class ResNetClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- training -------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.is_global_zero:
+            line, shrunk = bn_groups(self.hparams.bn_group_size, self.trainer.datamodule.batch_size,
+                                     self.trainer.world_size)
+            if shrunk:
+                print(f"warning: {line}", file=sys.stderr)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         logits = self(images)

@@ -181,7 +181,8 @@ class RunCSVLogger(CSVLogger):
 
 def make_loggers(run_dir: Path, config: dict, use_wandb: bool) -> list[Logger]:
     loggers: list[Logger] = [RunCSVLogger(run_dir)]
-    if use_wandb:
+    # rank 0's alone: on another rank W&B's logger has no run, and would write its id, None, over rank 0's
+    if use_wandb and rank_zero_only.rank == 0:
         wandb_logger = start_wandb(run_dir, config)
         if wandb_logger is not None:
             loggers.append(wandb_logger)

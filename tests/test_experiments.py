@@ -55,6 +55,22 @@ def test_dry_run_prints_each_run_with_its_cost_and_command(capsys):
     assert "269,722 params" in out  # plain-20
 
 
+def test_dry_run_names_the_bn_groups_at_each_world_size(tmp_path, capsys):
+    cifar10 = tmp_path / "cifar10.yaml"  # the CIFAR-10 recipe: batches of 128, BN over groups of 64 (Table 6)
+    cifar10.write_text(yaml.safe_dump({"recipe": "experiments/cifar10/base.yaml"}))
+    lines = {}
+    for devices in (1, 2, 4):
+        main(["run", str(cifar10), "--dry-run", "--devices", str(devices)])
+        [lines[devices]] = [line for line in capsys.readouterr().out.splitlines() if "BN over" in line]
+    assert lines == {
+        1: "  BN over 64 images: a batch of 128 on 1 rank, 128 per rank in groups of 64",
+        2: "  BN over 64 images: a batch of 128 on 2 ranks, 64 per rank",
+        4: "  warning: BN over 32 images, not the 64 of model.bn_group_size: a batch of 128 on 4 ranks leaves 32 per "
+           "rank (use at most 2 ranks, or a smaller model.bn_group_size)"}
+    main(["run", str(write_experiment(tmp_path)), "--dry-run", "--devices", "2"])  # digits: no ghost BN
+    assert "\n  BN over 8 images: a batch of 16 on 2 ranks, 8 per rank\n" in capsys.readouterr().out
+
+
 def test_a_killed_experiment_resumes_where_it_stopped(tmp_path):
     runs_root = tmp_path / "runs"
     kill = {"when": {"model.model": "resnet20"},

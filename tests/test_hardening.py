@@ -176,6 +176,13 @@ HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must sa
                                "holds a run with other settings (model.lr 0.1 -> 1000000.0)"),
     "resume with another model": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done", "--model.model",
                                    "plain56"], "model.model 'resnet20' -> 'plain56'"),
+    "sync BN with ghost BN": (["fit", *DIGITS, "--run_dir", "{root}/exp/new", "--trainer.sync_batchnorm", "true",
+                               "--model.bn_group_size", "8"],
+                              "--trainer.sync_batchnorm true normalises the images of all ranks as one batch, and "
+                              "model.bn_group_size 8 asks for BN over groups of that many: leave out one of the two"),
+    "sync BN with precise BN": (["test", *DIGITS, "--run_dir", "{root}/exp/done", "--trainer.sync_batchnorm", "true",
+                                 "--precise_bn_batches", "4", "--ckpt_path", "{root}/exp/done/checkpoints/last.ckpt"],
+                                "whose statistics precise_bn_batches 4 cannot recompute: leave out one of the two"),
     "a second writer": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/done"], "is in use by process"),
     # YAML documents: expanded far beyond their size, or a key given twice
     "an alias bomb in an experiment's overrides": (["run", "{root}/exps/bomb.yaml", "--dry-run"],

@@ -126,3 +126,19 @@ def test_missing_folder_is_one_clear_line(data_dir, tmp_path, missing):
     message = str(error.value)
     assert f"{tmp_path / missing} is missing" in message and "\n" not in message
     assert "<data_dir>/{train,val}/<class>/<image>" in message and "cannot be downloaded" in message
+
+
+def test_cudnn_benchmark_is_off_for_the_multi_scale_test_only(tmp_path):
+    from conftest import REPO
+    from resnet_repro.cli import build_cli
+
+    before = torch.backends.cudnn.benchmark  # a Trainer sets it for the whole process
+    cli = build_cli(["--config", str(REPO / "experiments/imagenet/base.yaml"), "--run_dir", str(tmp_path / "r"),
+                     "--wandb", "false", "--trainer.accelerator", "cpu"], run=False)
+    assert cli.config.trainer.benchmark is True  # the recipe: cuDNN tunes once for the fixed 224 x 224 crops
+    try:
+        for protocol, benchmark in [("ten_crop", True), ("multi_scale", False), ("center", True)]:
+            cli.use_protocol(protocol)
+            assert (cli.datamodule.eval_protocol, torch.backends.cudnn.benchmark) == (protocol, benchmark)
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -100,7 +100,10 @@ def test_a_resumed_runs_relogged_step_keeps_its_last_value(experiment):
 
 
 def test_paper_numbers_by_dataset_shortcut_and_protocol():
-    assert paper_numbers("ImageNetDataModule", "resnet34", "A", "ten_crop")[0]["top1"] == 25.03
+    assert paper_numbers("ImageNetDataModule", "resnet34", "A", "ten_crop") == [  # Table 2's top-1, Table 3's top-5
+        {"statistic": "one run", "top1": 25.03, "source": "Tables 2, 3"},
+        {"statistic": "one run", "top5": 7.76, "source": "Table 3"}]
+    assert paper_numbers("ImageNetDataModule", "plain34", None, "ten_crop")[0]["source"] == "Tables 2, 3"
     assert paper_numbers("ImageNetDataModule", "resnet50", None, "ten_crop")[0]["top5"] == 6.71  # default B
     assert paper_numbers("ImageNetDataModule", "resnet50", None, "multi_scale")[0]["top1"] == 20.74  # Table 4
     assert paper_numbers("ImageNetDataModule", "resnet34", "B", "center") == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli_error, fit, run_cli, summary, train_rows, write_cifar10
+from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, write_cifar10
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 CIFAR = ["--config", str(REPO / "experiments/cifar10/base.yaml")]
@@ -71,28 +71,46 @@ def test_warmup_switches_when_the_training_error_crosses_80_percent(tmp_path):
     assert rows.loc[crossed + 1:, "lr"].tolist() == pytest.approx([0.1] * (30 - crossed))
 
 
-def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path):
+def ddp(world_size: int) -> list[str]:
+    """The settings of a run on `world_size` gloo ranks of this CPU (none for one process)."""
+    return [] if world_size == 1 else ["--trainer.devices", str(world_size), "--trainer.strategy", "ddp"]
+
+
+def fit_at(world_size: int, *args: str) -> None:
+    """`fit` in this process at world size 1; else in a fresh process, whose command line Lightning starts again
+    for each further rank."""
+    if world_size == 1:
+        return fit(*args)
+    result = run_cli("fit", *QUIET, "--wandb", "false", *args, *ddp(world_size))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, world_size):
     # 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
     args = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",
             "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6", "--trainer.log_every_n_steps", "3",
             "--trainer.val_check_interval", "6"]
     straight, interrupted = tmp_path / "e" / "straight", tmp_path / "e" / "interrupted"
-    fit(*args, "--run_dir", str(straight))
+    fit_at(world_size, *args, "--run_dir", str(straight))
 
-    killed = run_cli("fit", *args, "--run_dir", str(interrupted), "--wandb", "false",
+    # every rank kills itself at the start of iteration 10, after the checkpoint of iteration 6
+    killed = run_cli("fit", *args, *ddp(world_size), "--run_dir", str(interrupted), "--wandb", "false",
                      "--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.init_args.step", "9",
                      env={"PYTHONPATH": str(REPO / "tests")})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert summary(interrupted)["status"] == "running"
     assert torch.load(interrupted / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
 
-    fit(*args, "--run_dir", str(interrupted))
-    assert summary(interrupted)["status"] == "finished"
+    fit_at(world_size, *args, "--run_dir", str(interrupted))
+    assert summary(interrupted)["status"] == "finished" and summary(interrupted)["devices"] == world_size
     a, b = weights(straight), weights(interrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows_a, rows_b = train_rows(straight), train_rows(interrupted)
+    assert rows_a.index.tolist() == rows_b.index.tolist() == list(range(1, 13))
     assert rows_a["lr"].tolist() == rows_b["lr"].tolist()
     assert rows_a["train/loss"].tolist() == rows_b["train/loss"].tolist()
+    assert rows_a["train/error"].tolist() == rows_b["train/error"].tolist()
 
 
 @pytest.mark.slow
