@@ -198,7 +198,9 @@ collect() {
     [[ -n $experiment ]] || { echo "$from/fashion-depth-gpu.tar.gz holds no runs: the depth study did not start" >&2; exit 1; }
     local cli=("${RESNET_REPRO:-$REPO/.venv/bin/resnet-repro}")
     "${cli[@]}" report "$experiment" --out "$results/fashion-depth-gpu"
-    "${cli[@]}" responses "$experiment" --out "$results/fashion-depth-gpu-responses"
+    # responses reads the images where this machine keeps them (data/, make fashion-data), or RESPONSES_DATA's recipe
+    "${cli[@]}" responses "$experiment" ${RESPONSES_DATA:+--data "$RESPONSES_DATA"} \
+        --out "$results/fashion-depth-gpu-responses"
 }
 
 case ${1-} in

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resnet_repro.data.fashion_mnist import write_standin
 
@@ -45,6 +46,10 @@ def test_the_gpu_check_rehearsed_on_the_cpu_writes_every_figure_and_collects_int
         summaries = sorted(name for name in tar.getnames() if name.endswith("summary.json"))
     assert summaries == ["./depth@1-32000/plain20-s0/summary.json", "./depth@1-32000/resnet20-s0/summary.json"]
 
+    recipe = tmp_path / "data.yaml"  # responses reads the stand-in images only where the user says
+    recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.FashionMNISTDataModule", "init_args": {
+        "data_dir": str(tmp_path / "data"), "download": False, "val_size": 40}}}))
+    env["RESPONSES_DATA"] = str(recipe)
     collected = subprocess.run(["bash", str(SCRIPT), "collect", str(out)], capture_output=True, text=True, env=env,
                                timeout=600)
     assert collected.returncode == 0, collected.stdout + collected.stderr

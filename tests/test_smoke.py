@@ -7,6 +7,7 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 from resnet_repro.cli import main
@@ -94,8 +95,12 @@ def test_figure6_from_the_two_cifar_folders(smoke_runs, tmp_path):
 
 def test_figure7_from_the_two_cifar_folders(smoke_runs, tmp_path, capsys):
     root, out = smoke_runs["root"], tmp_path / "fig7"
+    # the images: the user's --data (a run's own data_dir is never followed), here the miniature's stand-in
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.CIFAR10DataModule", "init_args": {
+        "data_dir": str(root / ".standin-data" / "cifar10-table6" / "CIFAR10DataModule"), "download": False}}}))
     main(["responses", str(root / "cifar10-fig6-plain"), str(root / "cifar10-table6"), "--models", "plain20",
-          "plain56", "resnet20", "resnet56", "resnet110", "--images", "16", "--out", str(out)])
+          "plain56", "resnet20", "resnet56", "resnet110", "--images", "16", "--data", str(recipe), "--out", str(out)])
     responses = pd.read_csv(out / "responses.csv")
     assert responses.groupby("model").label.nunique().to_dict() == {
         "plain20": 1, "plain56": 1, "resnet20": 1, "resnet56": 1, "resnet110": 5}  # ResNet-110's five seeds
