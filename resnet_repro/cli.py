@@ -203,7 +203,7 @@ class RunCLI(LightningCLI):
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         # the config as config.yaml holds it (as_dict keeps some init_args as the strings they were given as)
-        record = yaml.safe_load(self._parser(self.subcommand or "fit").dump(config, skip_none=False))
+        record = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
         kwargs["logger"] = make_loggers(run_dir, record, use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
@@ -346,7 +346,16 @@ def build_cli(args: list[str] | None, run: bool = True, cli_class: type[RunCLI] 
                   save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
 
 
+def config_files(argv: list[str]) -> list[Path]:
+    """The files given to --config (jsonargparse also takes a YAML string there: that is no file)."""
+    values = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+    values += [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
+    return [Path(value) for value in values if Path(value).is_file()]
+
+
 def lightning_command(argv: list[str]) -> None:
+    for path in config_files(argv):  # jsonargparse reads them itself: refuse a key given twice or an alias bomb first
+        read_yaml(path)
     # LightningCLI reads sys.argv itself, and warns when it is also given the same arguments
     build_cli(None if argv == sys.argv[1:] else argv)
 

@@ -132,6 +132,7 @@ def workspace(tmp_path_factory) -> Path:
     (experiments / "bomb.yaml").write_text(f"recipe: {recipe}\noverrides:\n  trainer.max_steps: 4\n  bomb: &bomb\n"
                                            + "".join(f"    {line}\n" for line in ALIAS_BOMB.splitlines())
                                            + "  trainer.callbacks: [*bomb]\n")
+    (root / "twice.yaml").write_text("trainer:\n  max_steps: 4\ntrainer:\n  max_steps: 8\n")
     (experiments / "two-grids.yaml").write_text(f"recipe: {recipe}\ngrid: {{model.model: [resnet20]}}\n"
                                                 f"grid: {{model.model: [resnet32]}}\n")
     (experiments / "experiments").mkdir()
@@ -189,6 +190,12 @@ HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must sa
                                                    "{root}/exps/bomb.yaml: its aliases (*name) expand to more than"),
     "an alias bomb in a run's config.yaml": (["fit", *DIGITS, *TINY, "--run_dir", "{root}/exp/bombed"],
                                              "{root}/exp/bombed/config.yaml: its aliases (*name) expand to more than"),
+    "an alias bomb in a --config file": (["fit", "--config", "{root}/exp/bombed/config.yaml", "--run_dir",
+                                           "{root}/exp/fresh-run"],
+                                          "{root}/exp/bombed/config.yaml: its aliases (*name) expand to more than"),
+    "a key given twice in a --config file": (["fit", *DIGITS, "--config", "{root}/twice.yaml", "--run_dir",
+                                              "{root}/exp/fresh-run"],
+                                             "{root}/twice.yaml line 3: the key 'trainer' is given twice"),
     "a key given twice": (["run", "{root}/exps/two-grids.yaml", "--dry-run"],
                           "{root}/exps/two-grids.yaml line 3: the key 'grid' is given twice in one mapping"),
     # names that are not one safe folder, grids too large or keyed by numbers

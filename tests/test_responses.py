@@ -1,7 +1,5 @@
 """Layer responses (Figure 7) and the analysis notebooks."""
 
-import os
-import shutil
 
 import nbformat
 import pandas as pd

@@ -1,6 +1,5 @@
 """`resnet-repro fit` end to end: learning, the lr schedule and warm-up, exact resume, DDP, W&B, bad input."""
 
-import os
 import re
 import signal
 from pathlib import Path
