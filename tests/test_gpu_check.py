@@ -42,9 +42,10 @@ def test_the_gpu_check_rehearsed_on_the_cpu_writes_every_figure_and_collects_int
     depth = (out / "gpu-depth.txt").read_text()
     assert re.search(r"the depth study, --parallel 4: 2 runs, finished, finished; summed train images/s [\d,]+ "
                      r"\([\d,]+ \+ [\d,]+\)", depth), depth
-    with tarfile.open(out / "fashion-depth-gpu.tar.gz") as tar:
-        summaries = sorted(name for name in tar.getnames() if name.endswith("summary.json"))
-    assert summaries == ["./depth@1-32000/plain20-s0/summary.json", "./depth@1-32000/resnet20-s0/summary.json"]
+    with tarfile.open(out / "fashion-depth-gpu.tar.gz") as tar:  # <runs root>/<experiment>@1-32000/<run>/
+        runs = sorted(Path(name).parts[-3:-1] for name in tar.getnames() if name.endswith("/summary.json"))
+    assert [run for _, run in runs] == ["plain20-s0", "resnet20-s0"]
+    assert len({experiment for experiment, _ in runs}) == 1 and runs[0][0].endswith("depth@1-32000")
 
     recipe = tmp_path / "data.yaml"  # responses reads the stand-in images only where the user says
     recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.FashionMNISTDataModule", "init_args": {

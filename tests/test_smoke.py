@@ -98,7 +98,7 @@ def test_figure7_from_the_two_cifar_folders(smoke_runs, tmp_path, capsys):
     # the images: the user's --data (a run's own data_dir is never followed), here the miniature's stand-in
     recipe = tmp_path / "data.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.CIFAR10DataModule", "init_args": {
-        "data_dir": str(root / ".standin-data" / "cifar10-table6" / "CIFAR10DataModule"), "download": False}}}))
+        "data_dir": str(root / ".standin-data" / "cifar10-table6" / "CIFAR10DataModule"), "download": False, "val_size": 20}}}))
     main(["responses", str(root / "cifar10-fig6-plain"), str(root / "cifar10-table6"), "--models", "plain20",
           "plain56", "resnet20", "resnet56", "resnet110", "--images", "16", "--data", str(recipe), "--out", str(out)])
     responses = pd.read_csv(out / "responses.csv")
