@@ -50,11 +50,16 @@ run() {
     fi
     export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=offline PYTHONUNBUFFERED=1
     local cli=("$PYTHON" -m resnet_repro.cli)
+    local work
+    work=$(mktemp -d)
+    # the runs read data/ relative to where they start: the carried Fashion-MNIST (or DATA_DIR's stand-in)
+    ln -s "${DATA_DIR:-$REPO/data}" "$work/data"
+    cd "$work"
     # The sizes: the GPU's, or toys that take the same path on the CPU
     local device=cuda nets=(resnet20 resnet56 resnet110) batch=128 steps=50 warmup=20 big=resnet1202 big_steps=5
     local det_steps=300 parallel_budget=1/128 ks=(1 2 4) depth_budget=1/32 seconds=${GPU_CHECK_SECONDS:-540}
     local groups=("" 64) compile=(--compile reduce-overhead) workers=4 share_gpu=true step_limits=true
-    local depth=$REPO/experiments/fashion/depth.yaml data_settings="" fit_settings=()
+    local depth=$REPO/experiments/fashion/depth.yaml fit_settings=()
     if $rehearsal; then
         device=cpu nets=(resnet20) batch=8 steps=1 warmup=1 big=resnet32 big_steps=1 groups=(64) workers=0
         det_steps=3 ks=() depth_budget=1/32000 share_gpu=false step_limits=false
@@ -63,18 +68,18 @@ run() {
         # and --runs-per-gpu is refused without GPUs: the depth study (two runs, --parallel splitting the cores)
         # stands for the K-runs-per-GPU measure, whose summed rate it prints the same way
         # the stand-in data's few images: a validation split that fits, and the depth study's structure on two nets
-        data_settings="data.init_args.val_size: 40" fit_settings=(--data.init_args.val_size 40)
-        DEPTH_RUNS=(plain20-s0 resnet20-s0) depth=depth.yaml
+        fit_settings=(--data.init_args.val_size 40) DEPTH_RUNS=(plain20-s0 resnet20-s0) depth=depth.yaml
+        cat >depth.yaml <<EOF
+recipe: experiments/cifar10/base.yaml
+evaluate: [single_view]
+overrides: {data.class_path: resnet_repro.data.FashionMNISTDataModule, data.init_args.val_size: 40}
+grid: {model.model: [plain20, resnet20]}
+EOF
     fi
     # the depth study comes last and is kept these seconds (the steps before it stop at the deadline less these)
     local depth_reserve=150
     $rehearsal && depth_reserve=0
     local deadline=$((SECONDS + seconds - depth_reserve))
-    local work
-    work=$(mktemp -d)
-    # the runs read data/ relative to where they start: the carried Fashion-MNIST (or DATA_DIR's stand-in)
-    ln -s "${DATA_DIR:-$REPO/data}" "$work/data"
-    cd "$work"
 
     # step NAME LIMIT FILE COMMAND...: COMMAND, its output appended to $OUT/FILE, cut at LIMIT seconds or at the
     # deadline (SIGTERM: a run stops between two iterations, resumable); its exit code and time in the log
@@ -147,9 +152,9 @@ EOF
     fi >>"$OUT/gpu-determinism.txt" 2>&1
 
     # K runs of the same net on one GPU at once: their summed rate against K = 1
-    cat >parallel.yaml <<EOF
+    cat >parallel.yaml <<'EOF'
 recipe: experiments/cifar10/base.yaml
-overrides: {data.class_path: resnet_repro.data.FashionMNISTDataModule, $data_settings}
+overrides: {data.class_path: resnet_repro.data.FashionMNISTDataModule}
 runs: [{model.model: resnet56, seeds: [0, 1, 2, 3]}]
 EOF
     local k
@@ -161,14 +166,6 @@ EOF
         summed_rate "parallel-$k" "runs-per-gpu $k" >>"$OUT/gpu-parallel.txt"
     done
 
-    if $rehearsal; then
-        cat >depth.yaml <<EOF
-recipe: experiments/cifar10/base.yaml
-evaluate: [single_view]
-overrides: {data.class_path: resnet_repro.data.FashionMNISTDataModule, $data_settings}
-grid: {model.model: [plain20, resnet20]}
-EOF
-    fi
     deadline=$((deadline + depth_reserve))
     step "fashion depth study at $depth_budget" $((deadline - SECONDS)) gpu-depth.txt "${cli[@]}" run \
         "$depth" --budget "$depth_budget" --parallel 4 $($share_gpu && echo --runs-per-gpu 4) \
