@@ -11,14 +11,14 @@ training batches; the `PreciseBN` callback does so before every test.
 """
 
 import itertools
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+
+from .hooks import hooked
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -84,20 +84,6 @@ def bn_groups(group_size: int | None, batch_size: int, world_size: int) -> tuple
                 f"{ranks(batch_size // min(group_size, batch_size))}, or a smaller model.bn_group_size)"), True
     groups = f" in groups of {group_size}" if group_size is not None and group_size < per_rank else ""
     return f"BN over {images} images: a batch of {batch_size} on {ranks(world_size)}, {per_rank} per rank{groups}", False
-
-
-@contextmanager
-def hooked(model: nn.Module, hooks: list[RemovableHandle], training: bool) -> Iterator[None]:
-    """`model` in train or eval mode with `hooks` registered, for a pass over some batches; on the way out, however
-    it ends, the hooks are removed and the model's mode is restored."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
 
 
 @torch.no_grad()

@@ -12,55 +12,33 @@
 A run is named after what sets it apart (`resnet56-s0`, `resnet34-B-s0`) and lives in
 `runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a run taken
 from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them all.
-`resnet-repro run FILE` trains the runs one after another here, or up to N at once with `--parallel N` (each
-a child process on devices of its own, its output in its run's fit.log, a live view here: see sweep.py), or
-writes a torchrun script into each run's directory or one SLURM array job for the experiment
-(runs/<experiment>/job.sbatch); `--dry-run` prints the runs with their size and cost; `--smoke` runs the whole
-file in miniature. Finished runs are skipped (and evaluated under any protocol they lack) and interrupted ones
-resume, so rerunning the same command completes an experiment.
+This module reads, expands and checks such a file (every run's config is parsed, its net built on the meta
+device) before anything runs; `resnet-repro run` (launch/) starts what it describes.
 """
 
-import argparse
 import collections
-import functools
-import importlib
 import itertools
 import json
 import math
-import os
 import re
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentError
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .analysis.complexity import count_macs, count_params, meta_model
-from .batchnorm import bn_groups
-from .cli import budget_fraction, check_config, data_class
-from .models import get_spec
-from .files import read_yaml, write_json_atomically
-from .rundir import last_checkpoint, read_summary
-from .sweep import DevicePool, Job, cpu_threads, run_side_by_side, start_child, stop_children, visible_gpus
+from .data import check_protocols as check_protocols_of, data_module_class
+from .files import read_yaml
+from .models.size import meta_model
+from .train import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"recipe", "overrides", "grid", "runs", "seeds", "patches", "evaluate", "runs_from"}
-LAUNCHERS = ("local", "torchrun", "slurm")
-# The recipe settings for what the paper leaves implicit (README, Deviations): `--dry-run` names a run's that
-# differ from its recipe.
 # Every iteration count of a recipe: what `run --budget F` scales by F (nothing else: batch, lr, data and
 # augmentation stay the paper's).
 SCHEDULE_KEYS = ("trainer.max_steps", "model.milestones", "trainer.val_check_interval",
                  "checkpoint.every_n_train_steps", "model.warmup_max_steps")
-FIDELITY_SWITCHES = ("data.init_args.train_on_all", "model.bn_group_size", "model.warmup", "model.sgd_form",
-                     "precise_bn_batches", "trainer.deterministic")
 
 
 def dotted(config: dict, key: str):
@@ -295,325 +273,12 @@ def shared_runs(path: Path, source: dict, seen: set[Path], budget: Fraction) -> 
 
 def check_protocols(path: Path, experiment: Experiment) -> None:
     for run in experiment.runs:
-        data = data_class(run.setting("data.class_path"))
-        unknown = [protocol for protocol in experiment.protocols if protocol not in data.protocols]
-        if unknown:
-            raise ValueError(f"{path}: evaluate: {', '.join(unknown)} is not a test protocol of {data.__name__} "
-                             f"(run {run.name}), whose protocols are {', '.join(data.protocols)}")
+        try:
+            check_protocols_of(data_module_class(run.setting("data.class_path")), experiment.protocols)
+        except ValueError as error:
+            raise ValueError(f"{path}: run {run.name}: evaluate: {error}") from None
 
 
 def build_on_meta(run: Run) -> torch.nn.Module:
     """The run's net with shapes only: checks the model, counts its size (one build per distinct net)."""
     return meta_model(run.setting("model.model"), run.setting("model.shortcut"), run.setting("model.num_classes"))
-
-
-def device_args(launcher: str, devices: int, nodes: int, asked: bool) -> list[str]:
-    if launcher == "local" and not asked:
-        return []  # the recipe's devices
-    # under torchrun and SLURM, Lightning checks these against the processes the launcher started
-    args = ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(devices)]
-    return args + ["--trainer.strategy", "ddp" if devices * nodes > 1 else "auto"]
-
-
-def describe(run: Run, command: str, world_size: int) -> str:
-    net = build_on_meta(run)
-    model = run.setting("model.model")
-    steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
-    flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
-    switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
-                for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
-    bn, shrunk = bn_groups(run.setting("model.bn_group_size"), batch, world_size)
-    budget = run.settings.get("budget")
-    schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
-        f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
-    return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
-            + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}")
-
-
-def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, devices: int) -> str:
-    """The command line that trains (fit) or evaluates (test) a run: here, under torchrun (on each node), or as
-    SLURM's job step."""
-    line = f"{subcommand} {shlex.join(args)}"
-    if launcher == "torchrun":
-        return (f"torchrun --nnodes {nodes} --nproc_per_node {devices} --node_rank ${{NODE_RANK:-0}} "
-                f"--master_addr ${{MASTER_ADDR:-127.0.0.1}} --master_port ${{MASTER_PORT:-29500}} "
-                f"-m resnet_repro.cli {line}")
-    return f"srun --kill-on-bad-exit=1 resnet-repro {line}" if launcher == "slurm" else f"resnet-repro {line}"
-
-
-def slurm_array_script(experiment: Experiment, folder: Path, tasks: list[tuple[Run, Path, list[str]]], nodes: int,
-                       devices: int, at_once: int) -> str:
-    """One SLURM array job for the experiment (written into `folder`, runs/<experiment>/): task i runs the i-th
-    run's commands, at most `at_once` tasks at a time, each task's output in its run directory."""
-    cases = []
-    for index, (run, run_dir, commands) in enumerate(tasks):
-        log = f"{run_dir.absolute()}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out"
-        cases += [f"  {index})  # {run.name}", f'    exec >>"{log}" 2>&1', *(f"    {command}" for command in commands),
-                  "    ;;"]
-    # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the task;
-    # the requeued task's `fit` resumes from last.ckpt in the run directory.
-    return "\n".join([
-        "#!/bin/bash",
-        f"#SBATCH --job-name={experiment.name}",
-        f"#SBATCH --array=0-{len(tasks) - 1}%{at_once}",
-        f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --ntasks-per-node={devices}",
-        f"#SBATCH --gpus-per-node={devices}",
-        "#SBATCH --signal=SIGUSR1@90",
-        "#SBATCH --requeue",
-        f"#SBATCH --output={folder.absolute()}/slurm-%A_%a.out",  # until the task's own log opens
-        "set -e  # a task whose fit fails stops there: no evaluation of a run that did not finish",
-        f"cd {shlex.quote(str(Path.cwd()))}",
-        'case "$SLURM_ARRAY_TASK_ID" in',
-        *cases,
-        "esac",
-        "",
-    ])
-
-
-def torchrun_script(run: Run, commands: list[str], nodes: int) -> str:
-    return "\n".join([
-        "#!/bin/bash",
-        f"# {run.name}: run on each of the {nodes} node(s), with NODE_RANK and MASTER_ADDR set for a multi-node job",
-        f"cd {shlex.quote(str(Path.cwd()))}",
-        *commands,
-        "",
-    ])
-
-
-def raise_sigterm(signum, frame) -> None:
-    raise SIGTERMException()
-
-
-def train_here(args: list[str]) -> int:
-    """`resnet-repro fit` (or `test`) in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
-    is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
-    child = start_child(args)
-    try:
-        return child.wait()
-    except BaseException:
-        stop_children([child])
-        raise
-
-
-def run_in_this_process(args: list[str]) -> int:
-    """`resnet-repro fit` (or `test`) in this process, through the same entry point a child runs; the exit status.
-    A miniature's runs take seconds, and a fresh process would spend more than that importing torch."""
-    from .cli import main
-
-    try:
-        main(args)
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            print(stop.code, file=sys.stderr)
-            return 1
-    return 0
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="resnet-repro run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", type=Path, help="an experiment file, e.g. experiments/cifar10/table6.yaml")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these runs (names as --dry-run prints them)")
-    parser.add_argument("--devices", type=int, help="devices per node for each run (default: the recipe's)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes per run (torchrun and slurm)")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                        help="local: train here; torchrun: write a launch script per run; slurm: write one array job")
-    parser.add_argument("--parallel", type=int, metavar="N",
-                        help="local: up to N runs at once, each its own fit process on its own devices, its output in "
-                             "its run's fit.log, a live view here; slurm: at most N array tasks at once")
-    parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
-    parser.add_argument("--runs-per-gpu", type=int, metavar="K",
-                        help="with --parallel: K one-device runs share each GPU (default 1)")
-    parser.add_argument("--budget", default="1", metavar="F",
-                        help="train for F of the paper's schedule (1/2, 1/8, 1/32, ...): every iteration count x F "
-                             "(max_steps, lr milestones, validation and checkpoint intervals, the warm-up's cap), "
-                             "nothing else; the runs live in runs/<experiment>@1-32/, apart from the full ones")
-    parser.add_argument("--dry-run", action="store_true", help="print the runs, their size and cost; start nothing")
-    parser.add_argument("--submit", action="store_true", help="start the written scripts (bash / sbatch)")
-    parser.add_argument("--runs-root", type=Path, help="where <experiment>/<run>/ go (default runs, or runs-smoke)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a miniature: every run for 4 iterations on small stand-in data in the dataset's real "
-                             "format, on the CPU in this process, then its evaluations; report makes the full report")
-    return parser.parse_args(argv)
-
-
-def device_pool(args: argparse.Namespace) -> DevicePool | None:
-    """The GPUs that --parallel's runs share (none on a CPU-only machine), or None without --parallel here;
-    bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
-    sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
-    if args.parallel is not None and args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
-    if args.parallel is None or args.launcher != "local":
-        if sharing:
-            raise ValueError(f"{' and '.join(sharing)} share GPUs out between runs side by side here: they go with "
-                             f"--parallel N and the local launcher")
-        if args.parallel is not None and args.launcher == "torchrun":
-            raise ValueError("--parallel is for the local launcher (runs side by side here) and slurm (array tasks "
-                             "at once); a torchrun script runs one run")
-        return None
-    if args.smoke:
-        raise ValueError("--smoke runs its miniatures one after another in this process: leave out --parallel")
-    visible = len(visible_gpus())
-    try:
-        gpus = [int(gpu) for gpu in args.gpus.split(",")] if args.gpus else list(range(visible))
-    except ValueError:
-        raise ValueError(f"--gpus {args.gpus}: give GPU indices separated by commas, e.g. --gpus 0,1") from None
-    hidden = [str(gpu) for gpu in gpus if not 0 <= gpu < visible]
-    if hidden:
-        raise ValueError(f"--gpus {args.gpus}: GPU {', '.join(hidden)} is not visible here (this process sees "
-                         + (f"GPUs 0 to {visible - 1})" if visible else "no GPU)"))
-    if args.runs_per_gpu is not None and not gpus:
-        raise ValueError("--runs-per-gpu shares GPUs, and this machine has none: here --parallel N splits the CPU "
-                         "cores between the N runs")
-    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
-        raise ValueError(f"--runs-per-gpu {args.runs_per_gpu}: the runs that share a GPU must be 1 or more")
-    return DevicePool(gpus, args.runs_per_gpu or 1)
-
-
-def run_command(argv: list[str]) -> None:
-    args = parse_args(argv)
-    experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget),
-                                 only=set(args.only) if args.only else None)
-    runs = experiment.runs
-    if args.only:
-        missing = sorted(set(args.only) - {run.name for run in runs})
-        if missing:
-            listed = ", ".join(run.name for run in runs[:20]) + (f", ... ({len(runs):,} in all)" if len(runs) > 20 else "")
-            raise ValueError(f"{args.experiment} has no run {', '.join(missing)}: its runs are {listed}")
-        runs = [run for run in runs if run.name in args.only]
-    if args.nodes > 1 and args.launcher == "local":
-        raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")
-    pool = device_pool(args)
-
-    signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
-    runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
-    if args.dry_run:
-        print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
-              f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
-    else:
-        write_manifest(experiment, runs_root, args.experiment, args.smoke)
-    jobs, tasks = [], []  # what is left to do: as Jobs (local), as script lines (torchrun, slurm)
-    for run in runs:
-        run_dir = runs_root / run.experiment / run.name
-        devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
-        if not isinstance(devices, int) or devices < 1:
-            raise ValueError(f"run {run.name}: {devices!r} devices: each run of an experiment takes a number of "
-                             f"devices, 1 or more (set trainer.devices, or --devices N)")
-        extra = smoke_args(run, runs_root / ".standin-data" / experiment.name) if args.smoke else []
-        extra += device_args(args.launcher, devices, args.nodes, asked=args.devices is not None or args.smoke)
-        run_args = run.fit_args(run_dir) + extra
-        summary = read_summary(run_dir)
-        missing = [p for p in experiment.protocols if f"test/{p}/error" not in summary and p not in run.protocols]
-        evaluate_args = [*run.fit_args(run_dir, missing), *extra, "--ckpt_path", shown(last_checkpoint(run_dir))]
-        commands = [launch_command(args.launcher, "fit", run_args, args.nodes, devices)]
-        if missing:  # protocols of this experiment that the run's own experiment does not evaluate
-            commands.append(launch_command(args.launcher, "test", evaluate_args, args.nodes, devices))
-        if args.dry_run:
-            print(describe(run, "\n  ".join(commands), devices * args.nodes))
-            continue
-        finished = summary.get("status") == "finished"
-        if finished:
-            print(f"{run.name}: finished, skipped" + (f"; evaluating {', '.join(missing)}" if missing else ""))
-            if not missing:
-                continue
-        # a run directory with a checkpoint resumes: fit does that itself
-        todo = ([] if finished else [["fit", *run_args]]) + ([["test", *evaluate_args]] if missing else [])
-        jobs.append(Job(run.name, run_dir, devices, run.setting("trainer.max_steps"),
-                        run.setting("data.init_args.batch_size"), todo, on_gpu=run.setting("trainer.accelerator") != "cpu"))
-        tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
-    if args.dry_run:
-        return
-    if args.launcher == "local" and pool is not None:
-        too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
-        if too_large:
-            raise ValueError(f"{', '.join(too_large)} need more GPUs than the {len(pool.places)} shared out here: "
-                             f"pass --gpus with more, or --devices")
-        failed = [f"{job.name} (log: {shown(job.log)})"
-                  for job in run_side_by_side(jobs, args.parallel, pool, cpu_threads(args.parallel))]
-    elif args.launcher == "local":
-        failed = [job.name for job in jobs if not run_one_after_another(job, args.smoke)]
-    else:
-        failed = write_scripts(args, experiment, runs_root, tasks)
-    if failed:
-        sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
-                 f"(rerun the same command to resume them)")
-
-
-def write_scripts(args: argparse.Namespace, experiment: Experiment, runs_root: Path,
-                  tasks: list[tuple[Run, Path, int, list[str]]]) -> list[str]:
-    """torchrun: launch.sh in each run directory; slurm: one array job, runs/<experiment>/job.sbatch. With
-    --submit they are started (bash / sbatch); the names of the runs whose start failed."""
-    if args.launcher == "torchrun":
-        failed = []
-        for run, run_dir, _, commands in tasks:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            script = run_dir / "launch.sh"
-            script.write_text(torchrun_script(run, commands, args.nodes))
-            print(f"{run.name}: wrote {shown(script)}")
-            if args.submit and subprocess.run(["bash", str(script)]).returncode != 0:
-                failed.append(run.name)
-        return failed
-    if not tasks:
-        print(f"{experiment.name}: every run has finished and been evaluated; no array job written")
-        return []
-    devices = sorted({devices for _, _, devices, _ in tasks})
-    if len(devices) > 1:  # an array job asks for the same resources for every task
-        raise ValueError(f"the runs of one SLURM array job share its resources, and these ask for {devices} devices "
-                         f"per node: pass --devices, or write them in groups with --only")
-    folder = runs_root / experiment.name
-    script = folder / "job.sbatch"
-    script.write_text(slurm_array_script(experiment, folder, [(run, run_dir, commands) for run, run_dir, _, commands
-                                                              in tasks], args.nodes, devices[0],
-                                         args.parallel or len(tasks)))
-    print(f"{experiment.name}: wrote {shown(script)}, an array job of {len(tasks)} tasks ("
-          + ", ".join(f"{index}: {run.name}" for index, (run, *_) in enumerate(tasks)) + ")")
-    if args.submit and subprocess.run(["sbatch", str(script)]).returncode != 0:
-        return [run.name for run, *_ in tasks]
-    return []
-
-
-def run_one_after_another(job: Job, smoke: bool) -> bool:
-    """The job's commands here, in order, each in a child (a miniature: in this process); whether all succeeded."""
-    execute = run_in_this_process if smoke else train_here
-    for command in job.commands:
-        if command[0] == "fit":
-            print(f"{job.name}: resnet-repro {shlex.join(command)}", flush=True)
-        if execute(command) != 0:
-            return False
-    return True
-
-
-# A miniature of a real run: the same code path, a few iterations on one CPU process, small stand-in data.
-SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2",
-              "--checkpoint.every_n_train_steps", "2", "--model.milestones", "[2, 3]", "--data.init_args.batch_size",
-              "8", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.benchmark", "false",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def smoke_args(run: Run, data_root: Path) -> list[str]:
-    """The settings that make `run` a miniature: SMOKE_ARGS, and data of the run's kind (see standin_data)."""
-    settings = standin_data(data_class(run.setting("data.class_path")), data_root)
-    data = [arg for key, value in settings.items()
-            for arg in (f"--data.init_args.{key}", value if isinstance(value, str) else json.dumps(value))]
-    return [*SMOKE_ARGS, *data]
-
-
-@functools.cache  # once per data module and command: every run of the experiment reads the same files
-def standin_data(data: type, data_root: Path) -> dict:
-    """Stand-in data written by the writer next to the data module's reader (in the dataset's real on-disk
-    format) into `data_root/<data module>/`; the data module's settings for it."""
-    folder = data_root / data.__name__
-    shutil.rmtree(folder, ignore_errors=True)  # written afresh: small, and the same every time
-    return importlib.import_module(data.__module__).write_standin(folder)
-
-
-def write_manifest(experiment: Experiment, runs_root: Path, path: Path, smoke: bool) -> None:
-    """`runs/<experiment>/experiment.json`: which runs make up the experiment (some may live in another
-    experiment's folder), its test protocols, and whether it is a miniature; what `report` reads."""
-    folder = runs_root / experiment.name
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(folder / "experiment.json", {
-        "experiment": experiment.name, "file": shown(path), "protocols": experiment.protocols, "smoke": smoke,
-        "runs": [os.path.relpath(runs_root / run.experiment / run.name, folder) for run in experiment.runs],
-    })

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, cli_error, summary
-from resnet_repro.cli import check_config, flatten, main
+from resnet_repro.cli import main
+from resnet_repro.train import check_config, flatten
 from resnet_repro.experiments import SCHEDULE_KEYS, load_experiment
 from resnet_repro.module import ResNetClassifier
 

@@ -149,11 +149,11 @@ def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     ({"runs": [{"model.model": "resnet20"}, {"model.model": "resnet20", "seeds": [0, 1]}]},
      "tiny.yaml: more than one run is named resnet20-s0"),
     ({"grid": {"model.model": ["resnet20"]}, "evaluate": ["ten_crop"]},
-     "tiny.yaml: run resnet20-s0: --protocols ten_crop: DigitsDataModule is tested by single_view"),
+     "tiny.yaml: run resnet20-s0: --protocols: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet21-s0"]}]},
      "tiny.yaml: experiments/demo.yaml has no run resnet21-s0: its runs are plain20-s0, plain56-s0"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet20-s0"]}], "evaluate": ["ten_crop"]},
-     "tiny.yaml: evaluate: ten_crop is not a test protocol of DigitsDataModule (run resnet20-s0)"),
+     "tiny.yaml: run resnet20-s0: evaluate: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
 ])
 def test_a_malformed_experiment_is_rejected_in_one_line_before_anything_starts(tmp_path, spec, message):
     path = write_experiment(tmp_path, **spec)

@@ -308,7 +308,7 @@ def test_planted_pickles_are_read_as_data_and_never_run(tmp_path):
     config = yaml.safe_load((good / "config.yaml").read_text())
     config["data"] = {"class_path": "subprocess.getoutput", "init_args": {"cmd": f"touch {sentinel}"}}
     (good / "config.yaml").write_text(yaml.safe_dump(config))
-    assert "names the data module 'subprocess.getoutput', which is not one of resnet-repro's" in cli_error(
+    assert "data.class_path 'subprocess.getoutput' is not one of resnet-repro's data modules" in cli_error(
         "responses", str(good / "checkpoints/last.ckpt"), "--out", str(tmp_path / "resp"))
     assert not sentinel.exists()
 
@@ -488,7 +488,7 @@ def test_a_full_disk_mid_checkpoint_ends_in_one_line_keeps_the_last_good_checkpo
 
 
 def test_replacing_an_output_keeps_every_sibling_and_its_folders_follow_the_umask(tmp_path):
-    from resnet_repro.report.write import staged
+    from resnet_repro.files import staged
 
     (tmp_path / ".rep-old").mkdir()  # a user's folder that the old replacement would have deleted
     (tmp_path / ".rep-old" / "thesis.tex").write_text("mine\n")

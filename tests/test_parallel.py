@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from conftest import REPO, cli_error, summary
-from resnet_repro import experiments
+from resnet_repro.launch import local
 from resnet_repro.cli import main
 from resnet_repro.report.collect import read_metrics
-from resnet_repro.sweep import cpu_threads
+from resnet_repro.launch.local import cpu_threads
 
 TINY = {"trainer.max_steps": 6, "data.init_args.batch_size": 8, "trainer.val_check_interval": 3,
         "trainer.log_every_n_steps": 1, "checkpoint.every_n_train_steps": 2, "wandb": False,
@@ -129,7 +129,7 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     # the same runs one after another, by run's own sequential loop (each fit in this process, on the CPU threads
     # a run side by side had: the arithmetic is then the same)
     reference = write_experiment(tmp_path / "reference", [WANDB])
-    monkeypatch.setattr(experiments, "train_here", experiments.run_in_this_process)
+    monkeypatch.setattr(local, "train_here", local.run_in_this_process)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -176,7 +176,7 @@ def test_the_live_view_on_a_terminal_is_a_table_of_every_run(tmp_path, monkeypat
 
     from rich.console import Console
 
-    from resnet_repro.sweep import Job, LiveView, observe
+    from resnet_repro.launch.local import Job, LiveView, observe
 
     run_dir = tmp_path / "resnet20-s0"
     run_dir.mkdir()
@@ -198,7 +198,7 @@ def test_the_live_view_on_a_terminal_is_a_table_of_every_run(tmp_path, monkeypat
 
 
 def test_a_fit_that_ends_between_two_looks_of_the_view_shows_its_last_row_and_its_own_rate(tmp_path):
-    from resnet_repro.sweep import Job, cells, settle
+    from resnet_repro.launch.local import Job, cells, settle
 
     run_dir = tmp_path / "resnet20-s0"
     run_dir.mkdir()
@@ -227,7 +227,7 @@ def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path
 
 
 def test_the_gpu_pool_shares_gpus_by_runs_per_gpu_and_gives_multi_gpu_runs_whole_gpus():
-    from resnet_repro.sweep import DevicePool
+    from resnet_repro.launch.local import DevicePool
 
     pool = DevicePool([0, 1], runs_per_gpu=2)
     first, second = pool.take(1), pool.take(1)

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from conftest import REPO, train_rows, write_cifar10
 from mutate_recipe import MUTANTS, problems
 from resnet_repro.batchnorm import GhostBatchNorm2d
-from resnet_repro.cli import ConfigCheck, build_cli
+from resnet_repro.train import ConfigCheck, build_cli
 from resnet_repro.data import fashion_mnist, imagenet as imagenet_data
 from resnet_repro.data.imagenet import EIGENVALUES, EIGENVECTORS, MEAN, PCALighting
 from resnet_repro.experiments import load_experiment

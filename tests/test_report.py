@@ -11,7 +11,7 @@ from resnet_repro.cli import main
 from resnet_repro.report import write as report_write
 from resnet_repro.report.collect import collect_runs
 from resnet_repro.report.figures import training_curves
-from resnet_repro.report.paper import paper_numbers
+from resnet_repro.paper import paper_numbers
 from resnet_repro.report.tables import error_table, findings
 
 
@@ -104,8 +104,8 @@ def test_paper_numbers_by_dataset_shortcut_and_protocol():
         {"statistic": "one run", "top1": 25.03, "source": "Tables 2, 3"},
         {"statistic": "one run", "top5": 7.76, "source": "Table 3"}]
     assert paper_numbers("ImageNetDataModule", "plain34", None, "ten_crop")[0]["source"] == "Tables 2, 3"
-    assert paper_numbers("ImageNetDataModule", "resnet50", None, "ten_crop")[0]["top5"] == 6.71  # default B
-    assert paper_numbers("ImageNetDataModule", "resnet50", None, "multi_scale")[0]["top1"] == 20.74  # Table 4
+    assert paper_numbers("ImageNetDataModule", "resnet50", "B", "ten_crop")[0]["top5"] == 6.71
+    assert paper_numbers("ImageNetDataModule", "resnet50", "B", "multi_scale")[0]["top1"] == 20.74  # Table 4
     assert paper_numbers("ImageNetDataModule", "resnet34", "B", "center") == []
     assert paper_numbers("ImageNetDataModule", "plain18", None, "ten_crop")[0]["source"] == "Table 2"
     assert paper_numbers("ImageNetDataModule", "resnet18", "B", "ten_crop") == []
@@ -226,7 +226,7 @@ def test_the_same_table_from_wandb_runs(monkeypatch):
                     FakeWandbRun("resnet20-s1", 1, "crashed", [0.30])]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    from resnet_repro.report.collect import collect_wandb
+    from resnet_repro.tracking import collect_wandb
 
     runs, evaluated, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
     assert asked == {"path": "me/resnet-repro", "filters": {"group": "cifar10-mini"}}

@@ -12,6 +12,8 @@ import yaml
 from conftest import REPO
 from resnet_repro.cli import main
 from resnet_repro.experiments import load_experiment
+from resnet_repro.report.collect import collect_runs
+from resnet_repro.report.figures import training_curves
 
 # In the order they are run: Table 3 takes two of Table 2's runs, Table 4 evaluates Table 3's.
 FILES = ["imagenet/table2.yaml", "imagenet/table3.yaml", "imagenet/table4.yaml", "cifar10/table6.yaml",
@@ -87,8 +89,15 @@ def test_a_miniature_goes_end_to_end_into_its_report(name, smoke_runs, tmp_path)
 def test_figure6_from_the_two_cifar_folders(smoke_runs, tmp_path):
     root = smoke_runs["root"]
     out = tmp_path / "fig6"
-    main(["report", str(root / "cifar10-table6"), str(root / "cifar10-fig6-plain"), "--out", str(out)])
-    assert plt.imread(out / "curves.png").shape[1] > 3 * 400  # three panels side by side
+    folders = [root / "cifar10-table6", root / "cifar10-fig6-plain"]
+    main(["report", *map(str, folders), "--out", str(out)])
+    assert plt.imread(out / "curves.png").shape[1] > 3 * 400  # the figure written: three panels side by side
+    runs, _, curves = collect_runs(folders)
+    figure = training_curves(runs, curves)  # the same figure, drawn again to read its panels
+    lines = {ax.get_title(): {line.get_label().split()[0] for line in ax.get_lines()} for ax in figure.axes}
+    assert lines == {"plain": {"plain20", "plain32", "plain44", "plain56", "plain110"},
+                     "ResNet": {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"},
+                     "ResNet-110 vs 1202": {"resnet110", "resnet1202"}}  # Figure 6: left, middle, right
     table = pd.read_csv(out / "table.csv")
     assert {"plain20", "plain110", "resnet20", "resnet1202"} <= set(table.net)
 

@@ -194,12 +194,25 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "experiments").glob("*/base.yaml")), ids=lambda p: p.parent.name)
 def test_every_recipe_builds_through_lightning_cli(recipe, tmp_path):
-    from resnet_repro.cli import build_cli
+    """What the recipe file says is what LightningCLI builds: its net (as the registry builds it), its data
+    module, its batch, schedule and optimiser settings."""
+    import yaml
 
+    from resnet_repro.models import build_model, get_spec
+    from resnet_repro.models.size import count_params
+    from resnet_repro.train import build_cli
+
+    written = yaml.safe_load(recipe.read_text())
     cli = build_cli(["--config", str(recipe), "--run_dir", str(tmp_path / "r"), "--wandb", "false",
                      "--trainer.accelerator", "cpu"], run=False)
-    assert cli.model.hparams.model in ("resnet20", "resnet34")
-    assert cli.trainer.max_steps > 0 and cli.datamodule.batch_size > 0
+    name = written["model"]["model"]
+    assert cli.model.hparams.model == name and cli.model.net.num_layers == get_spec(name).depth
+    assert count_params(cli.model.net) == count_params(build_model(name, num_classes=cli.model.hparams.num_classes))
+    assert f"{type(cli.datamodule).__module__.rsplit('.', 1)[0]}.{type(cli.datamodule).__name__}" == \
+        written["data"]["class_path"]
+    assert cli.datamodule.batch_size == written["data"]["init_args"]["batch_size"]
+    assert cli.trainer.max_steps == written["trainer"]["max_steps"]
+    assert cli.model.hparams.milestones == written["model"]["milestones"]
 
 
 def test_fit_prints_the_nets_exact_counts_and_not_lightnings_zero_flops(tmp_path, capsys):

@@ -20,13 +20,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..batchnorm import hooked
-from ..files import read_yaml
-from ..models import BasicBlock, Bottleneck
-from ..report.write import staged
-from ..rundir import read_checkpoint
-
-BOOTSTRAP_SAMPLES = 1000
+from ..data import data_module_class
+from ..files import read_yaml, staged
+from ..hooks import hooked
+from ..models import BasicBlock, Bottleneck, get_spec
+from ..rundir import last_checkpoint, read_checkpoint, run_dirs
+from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
 # never a run folder's, which may come from elsewhere
 DATA_LOCATION = ("data_dir", "download")
@@ -135,23 +134,19 @@ def response_findings(runs: pd.DataFrame, replicates: dict[str, Tensor], seed: i
     rng = np.random.default_rng(seed)
     by_model = runs.groupby("model", sort=False)
     point = by_model["mean_std"].mean()
+    specs = {model: get_spec(model) for model in point.index}
 
     def resampled(model: str) -> np.ndarray:
-        seeds = np.stack([replicates[label].numpy() for label in by_model.get_group(model).label])  # seeds x B
-        picks = rng.integers(0, len(seeds), (seeds.shape[1], len(seeds)))
-        return seeds[picks, np.arange(seeds.shape[1])[:, None]].mean(1)
+        return resampled_seeds(np.stack([replicates[label].numpy() for label in by_model.get_group(model).label]), rng)
 
     def line(less: str, more: str) -> str:
-        difference = resampled(more) - resampled(less)
-        low, high = np.percentile(difference, [2.5, 97.5])
-        holds = "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell (within the noise)"
+        low, high = interval(resampled(more) - resampled(less))
         seeds = f"{len(by_model.get_group(less))} and {len(by_model.get_group(more))} seeds"
         return (f"{less} responds less than {more}: mean std {point[less]:.4f} vs {point[more]:.4f}, difference "
-                f"{point[more] - point[less]:+.4f} [{low:+.4f}, {high:+.4f}] ({seeds}): {holds}.")
+                f"{point[more] - point[less]:+.4f} [{low:+.4f}, {high:+.4f}] ({seeds}): {verdict(low, high)}.")
 
-    lines = [line(model, model.replace("resnet", "plain")) for model in point.index
-             if model.startswith("resnet") and model.replace("resnet", "plain") in point.index]
-    resnets = sorted((m for m in point.index if m.startswith("resnet")), key=lambda m: int(m[len("resnet"):]))
+    lines = [line(model, specs[model].plain_twin) for model in point.index if specs[model].plain_twin in point.index]
+    resnets = sorted((m for m in point.index if specs[m].residual), key=lambda m: specs[m].depth)
     lines += [line(deep, shallow) for shallow, deep in zip(resnets, resnets[1:])]
     return lines
 
@@ -161,19 +156,15 @@ def data_module_from(config_path: Path, from_run: bool):
     directory from elsewhere is data, and its config must not name code to run. From a run's own config
     (`from_run`) the data's location and download setting are not taken: the module's defaults hold (its data
     where this machine keeps it, ./data), and nothing is downloaded."""
-    from .. import data as data_modules
-
     try:
         data = read_yaml(config_path)["data"]
-        class_path, init_args = data["class_path"], dict(data.get("init_args") or {})
+        module = data_module_class(data["class_path"])
+        init_args = dict(data.get("init_args") or {})
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{config_path} has no data section with a class_path ({type(error).__name__}); pass "
                          f"--data with a recipe such as experiments/cifar10/base.yaml") from error
-    module_name, _, class_name = class_path.rpartition(".")
-    if module_name.split(".")[0] != "resnet_repro" or class_name not in data_modules.__all__:
-        raise ValueError(f"{config_path} names the data module {class_path!r}, which is not one of resnet-repro's "
-                         f"({', '.join(data_modules.__all__)}); only those are built from a run's config")
-    module = getattr(data_modules, class_name)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from None
     if from_run:
         init_args = {key: value for key, value in init_args.items() if key not in DATA_LOCATION}
         if "download" in inspect.signature(module).parameters:
@@ -181,7 +172,7 @@ def data_module_from(config_path: Path, from_run: bool):
     try:
         return module(**init_args)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{config_path}: its data section does not build {class_name} ({error}); pass --data with "
+        raise ValueError(f"{config_path}: its data section does not build {module.__name__} ({error}); pass --data with "
                          f"a recipe whose data section says where the images are") from error
 
 
@@ -212,9 +203,6 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
 def find_checkpoints(paths: list[Path]) -> list[Path]:
     """Checkpoints from what a user names: checkpoint files, run directories, or experiment folders (every run
     in them with a checkpoint, including runs an experiment takes from another)."""
-    from ..report.collect import run_dirs
-    from ..rundir import last_checkpoint
-
     found = []
     for path in map(Path, paths):
         if path.is_file():

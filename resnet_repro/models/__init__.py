@@ -13,24 +13,39 @@ __all__ = ["SHORTCUT_OPTIONS", "BasicBlock", "Bottleneck", "ResNet", "ModelSpec"
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What the registry says about a net, so that no code reads it off the net's name."""
     family: Callable[..., ResNet]  # cifar_net or imagenet_net
     depth: int
     residual: bool
     input_size: int  # the side of the images the net was designed for: 32 (CIFAR-10) or 224 (ImageNet)
+    default_shortcut: str  # the option a residual net of this family uses unless told: A (CIFAR-10), B (ImageNet)
+    plain_twin: str | None  # the plain net of the same family and depth, if the paper trains one (None for plain nets)
+
+    @property
+    def kind(self) -> str:
+        return "residual" if self.residual else "plain"
 
     @property
     def overrides(self) -> tuple[str, ...]:
         return ("shortcut", "num_classes") if self.residual else ("num_classes",)
 
+    def shortcut(self, option: str | None) -> str | None:
+        """The shortcut option a net built with `option` (None: the default) has; None for a plain net."""
+        return (option or self.default_shortcut) if self.residual else None
+
+
+def _register(family: Callable[..., ResNet], depth: int, input_size: int, default_shortcut: str, with_plain: bool) -> None:
+    common = dict(family=family, depth=depth, input_size=input_size, default_shortcut=default_shortcut)
+    if with_plain:
+        _REGISTRY[f"plain{depth}"] = ModelSpec(residual=False, plain_twin=None, **common)
+    _REGISTRY[f"resnet{depth}"] = ModelSpec(residual=True, plain_twin=f"plain{depth}" if with_plain else None, **common)
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 for _depth in (6 * n + 2 for n in PAPER_N):
-    _REGISTRY[f"plain{_depth}"] = ModelSpec(cifar_net, _depth, residual=False, input_size=32)
-    _REGISTRY[f"resnet{_depth}"] = ModelSpec(cifar_net, _depth, residual=True, input_size=32)
-for _depth in BLOCKS:
-    if _depth in (18, 34):  # the paper trains plain nets of these two depths only
-        _REGISTRY[f"plain{_depth}"] = ModelSpec(imagenet_net, _depth, residual=False, input_size=224)
-    _REGISTRY[f"resnet{_depth}"] = ModelSpec(imagenet_net, _depth, residual=True, input_size=224)
+    _register(cifar_net, _depth, input_size=32, default_shortcut="A", with_plain=True)
+for _depth in BLOCKS:  # the paper trains plain ImageNet nets of 18 and 34 layers only
+    _register(imagenet_net, _depth, input_size=224, default_shortcut="B", with_plain=_depth in (18, 34))
 
 
 def list_models() -> list[str]:

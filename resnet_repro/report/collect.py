@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import read_json
-from ..rundir import read_summary
+from ..rundir import read_summary, run_dirs, whole_lines
 
 RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
                "max_steps", "budget", "train_error", "git_revision", "command"]
@@ -33,11 +32,10 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         return tidy_metrics(pd.DataFrame(columns=["step"]))
-    text = path.read_text(errors="replace")
-    if text and not text.endswith("\n"):
-        torn = text[text.rfind("\n") + 1:]
+    whole, torn = whole_lines(path.read_bytes())
+    if torn:
         print(f"warning: {path} ends in an incomplete line ({torn[:40]!r}): left out", file=sys.stderr)
-        text = text[:len(text) - len(torn)]
+    text = whole.decode(errors="replace")
     try:
         wide = pd.read_csv(io.StringIO(text)) if text else pd.DataFrame(columns=["step"])
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -73,39 +71,6 @@ def evaluations(name: str, metrics: pd.DataFrame) -> list[dict]:
     return list(found.values())
 
 
-def read_manifest(folder: Path) -> dict | None:
-    """An experiment folder's experiment.json (written by `run`), or None. It may come from elsewhere: it must
-    be an object whose runs are folders `<runs root>/<experiment>/<run>` of the runs root this folder is in,
-    else it is refused in one line, so that it cannot make `report` read (and quote) files anywhere else."""
-    folder = Path(folder)
-    path = folder / "experiment.json"
-    if not path.is_file():
-        return None
-    manifest = read_json(path)
-    runs = manifest.get("runs") if isinstance(manifest, dict) else None
-    if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
-        raise ValueError(f"{path} is not an experiment manifest of resnet-repro (an object whose runs are a list of "
-                         f"run folders): restore it, or delete it to report every run in {folder}")
-    root = folder.resolve().parent
-    outside = [run for run in runs if (folder / run).resolve().parent.parent != root]
-    if outside:
-        raise ValueError(f"{path} names run folders outside {root}/<experiment>/<run> ({', '.join(outside[:3])}): "
-                         f"a manifest names runs of its own runs root only; pass other experiment folders yourself")
-    return manifest
-
-
-def run_dirs(folder: Path) -> list[Path]:
-    """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder
-    of the same runs root), else every run directory in the folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        return [(folder / path).resolve() for path in manifest["runs"]]
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def budgets(runs: pd.DataFrame) -> list[str]:
     """The budgets ("1/32") of the runs trained for a fraction of the paper's schedule (none: all full)."""
     return sorted({budget for budget in runs.budget if isinstance(budget, str)})
@@ -129,12 +94,17 @@ def collect_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     return tabulate_runs(found)
 
 
+def group_of(name: str, seed: int | None) -> str:
+    """A run's name without its seed (`resnet56-s2` -> `resnet56`): the runs of a table's row, one per seed."""
+    return name.removesuffix(f"-s{seed}") if seed is not None else name
+
+
 def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(name, summary, tidy metrics) of each run into the (runs, evaluations, curves) frames."""
     runs, evaluated = [], []
     for name, summary, metrics in found:
         runs.append({
-            "run": name, "group": re.sub(r"-s\d+$", "", name), "experiment": summary.get("experiment"),
+            "run": name, "group": group_of(name, summary.get("seed")), "experiment": summary.get("experiment"),
             "model": summary.get("model"), "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
             "data": summary.get("data"), "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
@@ -145,30 +115,3 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
         evaluated += evaluations(name, metrics)
     curves = pd.concat([metrics.assign(run=name) for name, _, metrics in found], ignore_index=True)
     return (pd.DataFrame(runs, columns=RUN_COLUMNS), pd.DataFrame(evaluated, columns=EVALUATION_COLUMNS), curves)
-
-
-def collect_wandb(project: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The same frames from the W&B runs of one group (an experiment), through W&B's public API: the run's
-    resolved config (logged at its start), its state, and its full metric history."""
-    import wandb
-
-    from ..analysis.complexity import count_params, meta_model
-
-    found = []
-    for run in wandb.Api().runs(project, filters={"group": group}):
-        config = run.config
-        model = config["model"]
-        history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
-        params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
-        summary = {
-            "experiment": group, "model": model["model"], "shortcut": model.get("shortcut"),
-            "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
-            "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
-            "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
-            "budget": config.get("budget"),
-            "git_revision": None,
-        }
-        found.append((run.name, summary, tidy_metrics(history)))
-    if not found:
-        raise FileNotFoundError(f"no W&B runs in {project} with group {group}")
-    return tabulate_runs(found)

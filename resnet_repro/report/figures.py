@@ -19,7 +19,8 @@ def smoothed_train_error(curves: pd.DataFrame, points: int = 200) -> pd.Series:
 def panels(shown: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, runs) of each panel, in the paper's layout for the nets present."""
     depth = shown.model.map(lambda m: get_spec(m).depth)
-    plain, residual = shown[shown.model.str.startswith("plain")], shown[~shown.model.str.startswith("plain")]
+    is_residual = shown.model.map(lambda m: get_spec(m).residual)
+    plain, residual = shown[~is_residual], shown[is_residual]
     found = [("plain", plain)]
     if (depth[residual.index] > 110).any():  # Figure 6, right: the 1202-layer net beside the 110-layer one
         found += [("ResNet", residual[depth[residual.index] <= 110]),

@@ -1,14 +1,12 @@
 """The experiment's table (our numbers beside the paper's and a reference reproduction's, under the same test
 protocol and as the same statistic) and the paper's findings, each checked against its noise."""
 
-import numpy as np
 import pandas as pd
 
 from ..models import get_spec
+from ..paper import paper_numbers, reference_number
+from ..stats import bootstrap_difference, verdict
 from .collect import final_train_window
-from .paper import paper_numbers, reference_number
-
-BOOTSTRAP_SAMPLES = 2000
 
 
 def describe_runs(group: pd.DataFrame) -> str:
@@ -49,8 +47,10 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
                     "train error": 100 * done.train_error.mean(), "params": first.params,
                     "iterations": done.steps.max() if len(done) else first.max_steps,
                     "test images": here.images.max() if len(here) else float("nan")}
-            papers = paper_numbers(first.data, first.model, first.shortcut, protocol) if protocol else []
-            reference = reference_number(first.data, first.model, first.shortcut, protocol) if protocol else None
+            # the option as built, the family's default filled in
+            shortcut = get_spec(first.model).shortcut(first.shortcut) if protocol else None
+            papers = paper_numbers(first.data, first.model, shortcut, protocol) if protocol else []
+            reference = reference_number(first.data, first.model, shortcut, protocol) if protocol else None
             for metric, column, key in [("top-1", "error", "top1"), ("top-5", "top5_error", "top5")]:
                 errors = 100 * here[column].dropna()
                 if metric == "top-5" and errors.empty:
@@ -84,29 +84,6 @@ def format_table(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True)  # keep "3.00" as written
 
 
-def bootstrap_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95% bootstrap interval, where a and b are lists of per-seed samples: seeds are
-    resampled, then the samples within each resampled seed (with one seed, only the samples: the interval then
-    holds the within-run noise and not the seed-to-seed spread)."""
-    rng = np.random.default_rng(seed)
-
-    def resampled_means(groups: list[np.ndarray]) -> np.ndarray:
-        means = np.empty(BOOTSTRAP_SAMPLES)
-        for i in range(BOOTSTRAP_SAMPLES):
-            picked = [groups[j] for j in rng.integers(0, len(groups), len(groups))]
-            means[i] = np.mean([rng.choice(g, len(g)).mean() for g in picked])
-        return means
-
-    differences = resampled_means(a) - resampled_means(b)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return float(np.mean([g.mean() for g in a]) - np.mean([g.mean() for g in b])), float(low), float(high)
-
-
-def verdict(low: float, high: float) -> str:
-    """For a claim that a difference is positive: its 95% interval above 0, below 0, or across it."""
-    return "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell (within the noise)"
-
-
 def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     """The paper's two findings on the finished nets' final training error (the last 5% of iterations, per
     seed): a deeper plain net trains worse than a shallower one (degradation), and a residual net trains
@@ -117,7 +94,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
         samples[model] = [100 * final_train_window(curves[curves.run == run]).to_numpy() for run in group.run]
         samples[model] = [s for s in samples[model] if len(s)]
     samples = {model: s for model, s in samples.items() if s}
-    depth = {model: get_spec(model).depth for model in samples}
+    specs = {model: get_spec(model) for model in samples}
 
     def line(what: str, worse: str, better: str) -> str:
         difference, low, high = bootstrap_difference(samples[worse], samples[better])
@@ -127,8 +104,9 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
             return f"{measured}: cannot tell (one value of a net: its noise is unknown)."
         return f"{measured}: {verdict(low, high)}."
 
-    plain = sorted((m for m in samples if m.startswith("plain")), key=depth.get)
+    by_depth = sorted(samples, key=lambda model: specs[model].depth)
+    plain = [model for model in by_depth if not specs[model].residual]
     lines = [line("Degradation", deep, shallow) for shallow, deep in zip(plain, plain[1:])]
-    lines += [line("Residual learning", model.replace("resnet", "plain"), model) for model in sorted(samples, key=depth.get)
-              if model.startswith("resnet") and model.replace("resnet", "plain") in samples]
+    lines += [line("Residual learning", specs[model].plain_twin, model) for model in by_depth
+              if specs[model].plain_twin in samples]
     return lines

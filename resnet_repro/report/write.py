@@ -2,75 +2,22 @@
 saying what made them, written all at once: a crash half-way leaves the previous report as it was."""
 
 import argparse
-import contextlib
-import os
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .collect import budgets, collect_runs, collect_wandb, read_manifest
+from ..files import staged
+from ..rundir import read_manifest
+from .collect import budgets, collect_runs
 from .figures import training_curves
 from .tables import error_table, findings, format_table
 
 
-MARKER = ".resnet-repro-output"  # in every folder this tool writes, listing the files it wrote
-
-
-def check_replaceable(out: Path) -> None:
-    """`out` may be replaced only if it is missing, empty, or a folder this tool wrote that holds nothing else:
-    anything else is refused in one line, before any work, and never deleted."""
-    if out.is_symlink():
-        raise ValueError(f"--out {out} is a symbolic link: name the folder itself (a link would be replaced by a "
-                         f"folder, or lead the output elsewhere)")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} is a file: name a folder for the output (default results/<name>)")
-    present = {p.name for p in out.iterdir()}
-    if not present:
-        return
-    marker = out / MARKER
-    if not marker.is_file():
-        raise ValueError(f"--out {out} is a folder this tool did not write ({len(present)} entries, no {MARKER}): "
-                         f"choose a new or empty folder; nothing in it was touched")
-    foreign = sorted(present - set(marker.read_text().split()) - {MARKER})
-    if foreign:
-        raise ValueError(f"--out {out} holds files this tool did not write ({', '.join(foreign[:5])}): move them "
-                         f"away or choose another folder; nothing in it was touched")
-
-
-@contextlib.contextmanager
-def staged(out: Path):
-    """Yields an empty folder to write into; on success it replaces `out` whole, on failure it is removed and
-    `out` stays as it was. Only a folder that this tool wrote is replaced (see check_replaceable)."""
-    out = Path(out)
-    check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private (0700); the output is shared as the umask says
-    try:
-        yield staging
-        (staging / MARKER).write_text("".join(f"{p.name}\n" for p in sorted(staging.iterdir())))
-        check_replaceable(out)  # again: something may have been put there while the output was made
-        if out.exists():  # swap in the new folder, then drop the old one, moved into a folder made for it here
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            out.rename(old / out.name)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def write_report(folders: list[Path], out: Path, command: str, wandb_project: str | None = None) -> str:
     if wandb_project:
+        from ..tracking import collect_wandb  # W&B and Lightning: only for a report read from W&B
+
         runs, evaluated, curves = collect_wandb(wandb_project, folders[0].name)
     else:
         runs, evaluated, curves = collect_runs(folders)

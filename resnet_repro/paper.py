@@ -2,14 +2,17 @@
 
 Errors are in percent. Keys are registry model names; ImageNet entries whose shortcut option matters
 are keyed (model, option), with None for plain nets.
+
+The lookups take a net's shortcut option as built (models.ModelSpec.shortcut: the family's default filled in,
+None for plain nets): this module sits below the models and the report, and knows only the paper.
 """
 
 # Table 1: multiply-adds ("FLOPs") of the ImageNet nets by depth, 224x224 input.
 TABLE1_MACS = {18: 1.8e9, 34: 3.6e9, 50: 3.8e9, 101: 7.6e9, 152: 11.3e9}
 
-# Table 6: CIFAR-10 parameters and test error of the residual nets (plain nets have the same parameters).
-TABLE6_PARAMS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6, "resnet56": 0.85e6,
-                 "resnet110": 1.7e6, "resnet1202": 19.4e6}
+# Table 6: CIFAR-10 parameters by depth (plain and residual nets alike: option A adds none) and test error of the
+# residual nets.
+TABLE6_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6, 1202: 19.4e6}
 TABLE6_ERROR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
                 "resnet110": 6.43, "resnet1202": 7.93}
 TABLE6_RESNET110_MEAN_STD = (6.61, 0.16)  # "6.43 is the best of 5 runs; mean 6.61 +- 0.16"
@@ -57,7 +60,7 @@ def paper_numbers(data: str, model: str, shortcut: str | None, protocol: str) ->
         return [{"statistic": "one run", "top1": TABLE6_ERROR[model], "source": "Table 6"}]
     if data != "ImageNetDataModule":
         return []
-    key = (model, None if model.startswith("plain") else shortcut or "B")
+    key = (model, shortcut)
     if protocol == "ten_crop" and key in TABLE3_TOP1_TOP5:
         top1, top5 = TABLE3_TOP1_TOP5[key]
         if model in TABLE2_TOP1 and key[1] in (None, "A"):  # plain-34, ResNet-34 A: Table 2's top-1, again in Table 3
@@ -77,7 +80,7 @@ def reference_number(data: str, model: str, shortcut: str | None, protocol: str)
     if data == "CIFAR10DataModule" and protocol == "single_view" and model in PYTORCH_CIFAR10_REPRODUCTION_ERROR:
         return {"top1": PYTORCH_CIFAR10_REPRODUCTION_ERROR[model], "source": "akamaster/pytorch_resnet_cifar10"}
     if data == "ImageNetDataModule" and protocol == "ten_crop" and model in FB_RESNET_TORCH_TOP1_TOP5 \
-            and (shortcut or "B") == "B":
+            and shortcut == "B":
         top1, top5 = FB_RESNET_TORCH_TOP1_TOP5[model]
         return {"top1": top1, "top5": top5, "source": "facebookarchive/fb.resnet.torch"}
     return None

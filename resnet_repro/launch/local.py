@@ -1,8 +1,9 @@
-"""The child processes that train an experiment's runs, and `run --parallel N`: several runs side by side.
+"""The local launcher: the child processes that train an experiment's runs here, one after another or, with
+`run --parallel N`, several side by side.
 
 Each run is a `resnet-repro fit` child (then a `test` child per missing evaluation), started by `start_child`
-and stopped by `stop_children`, one after another (experiments.train_here) or up to N at once
-(`run_side_by_side`). Side by side, each run has devices of its own: with GPUs it sees only its GPUs through
+and stopped by `stop_children`, one after another (`run_one_after_another`; a miniature's in this process) or
+up to N at once (`run_side_by_side`). Side by side, each run has devices of its own: with GPUs it sees only its GPUs through
 CUDA_VISIBLE_DEVICES (`--runs-per-gpu K` runs share one; a run of d > 1 devices takes d whole GPUs), and on
 any machine each of the N runs gets cores / N CPU threads (OMP_NUM_THREADS), so that on a CPU-only machine the
 cores are split between the runs. A run's output goes to `<run_dir>/fit.log`; the terminal shows one line per
@@ -20,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .rundir import read_summary
+from ..errors import run_command
+from ..rundir import latest_training_row, read_summary
+from ..train import lightning_command
 
 POLL_S = 1.0  # how often the children are checked and the view redrawn
 PLAIN_EVERY_S = 30.0  # without a terminal: every run's line this often, and a line whenever a run's status changes
-TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
 
 
 def end_with_parent() -> None:
@@ -115,24 +117,6 @@ class Job:
     @property
     def log(self) -> Path:
         return self.run_dir / "fit.log"
-
-
-def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
-    """(iteration, training error) of the last training row of metrics.csv, reading its header and its last few
-    KB only; None while there is none (or the file is half-written: the view tries again)."""
-    try:
-        with open(run_dir / "metrics.csv", "rb") as f:
-            header = f.readline().decode().strip().split(",")
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()[1:]  # the first may be cut (or the header)
-        step, error = header.index("step"), header.index("train/error")
-        for line in reversed(lines):
-            fields = line.split(",")
-            if len(fields) == len(header) and fields[error]:
-                return int(fields[step]), float(fields[error])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 COLUMNS = ("run", "device", "iteration", "train error", "images/s", "ETA", "status")
@@ -288,3 +272,37 @@ def observe(job: Job) -> None:
         job.first_move = job.first_move or job.last_move
         job.status = "training"
     job.progress = progress
+
+
+def train_here(args: list[str]) -> int:
+    """`resnet-repro fit` (or `test`) in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
+    is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
+    child = start_child(args)
+    try:
+        return child.wait()
+    except BaseException:
+        stop_children([child])
+        raise
+
+
+def run_in_this_process(args: list[str]) -> int:
+    """`resnet-repro fit` (or `test`) in this process, through the same entry point a child runs; the exit status.
+    A miniature's runs take seconds, and a fresh process would spend more than that importing torch."""
+    try:
+        run_command(args[0], lightning_command, args)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            print(stop.code, file=sys.stderr)
+            return 1
+    return 0
+
+
+def run_one_after_another(job: Job, smoke: bool) -> bool:
+    """The job's commands here, in order, each in a child (a miniature: in this process); whether all succeeded."""
+    execute = run_in_this_process if smoke else train_here
+    for command in job.commands:
+        if command[0] == "fit":
+            print(f"{job.name}: resnet-repro {shlex.join(command)}", flush=True)
+        if execute(command) != 0:
+            return False
+    return True

@@ -1,0 +1,175 @@
+"""`resnet-repro run FILE`: an experiment file's runs, trained here one after another, up to N at once with
+`--parallel N` (each a child process on devices of its own, its output in its run's fit.log, a live view here:
+local.py), or written as a torchrun script into each run's directory or one SLURM array job for the experiment
+(runs/<experiment>/job.sbatch: scripts.py); `--dry-run` prints the runs with their size and cost; `--smoke` runs
+the whole file in miniature (miniature.py). Finished runs are skipped (and evaluated under any protocol they
+lack) and interrupted ones resume, so rerunning the same command completes an experiment.
+"""
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ..batchnorm import bn_groups
+from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, shown
+from ..models import get_spec
+from ..models.size import count_macs, count_params
+from ..rundir import last_checkpoint, read_summary, write_manifest
+from ..train import FIDELITY_SWITCHES, budget_fraction
+from .local import DevicePool, Job, cpu_threads, run_one_after_another, run_side_by_side, visible_gpus
+from .miniature import smoke_args
+from .scripts import LAUNCHERS, device_args, launch_command, write_scripts
+
+
+def raise_sigterm(signum, frame) -> None:
+    raise SIGTERMException()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="resnet-repro run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", type=Path, help="an experiment file, e.g. experiments/cifar10/table6.yaml")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these runs (names as --dry-run prints them)")
+    parser.add_argument("--devices", type=int, help="devices per node for each run (default: the recipe's)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes per run (torchrun and slurm)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: train here; torchrun: write a launch script per run; slurm: write one array job")
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="local: up to N runs at once, each its own fit process on its own devices, its output in "
+                             "its run's fit.log, a live view here; slurm: at most N array tasks at once")
+    parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
+    parser.add_argument("--runs-per-gpu", type=int, metavar="K",
+                        help="with --parallel: K one-device runs share each GPU (default 1)")
+    parser.add_argument("--budget", default="1", metavar="F",
+                        help="train for F of the paper's schedule (1/2, 1/8, 1/32, ...): every iteration count x F "
+                             "(max_steps, lr milestones, validation and checkpoint intervals, the warm-up's cap), "
+                             "nothing else; the runs live in runs/<experiment>@1-32/, apart from the full ones")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs, their size and cost; start nothing")
+    parser.add_argument("--submit", action="store_true", help="start the written scripts (bash / sbatch)")
+    parser.add_argument("--runs-root", type=Path, help="where <experiment>/<run>/ go (default runs, or runs-smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a miniature: every run for 4 iterations on small stand-in data in the dataset's real "
+                             "format, on the CPU in this process, then its evaluations; report makes the full report")
+    return parser.parse_args(argv)
+
+
+def device_pool(args: argparse.Namespace) -> DevicePool | None:
+    """The GPUs that --parallel's runs share (none on a CPU-only machine), or None without --parallel here;
+    bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
+    sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
+    if args.parallel is not None and args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
+    if args.parallel is None or args.launcher != "local":
+        if sharing:
+            raise ValueError(f"{' and '.join(sharing)} share GPUs out between runs side by side here: they go with "
+                             f"--parallel N and the local launcher")
+        if args.parallel is not None and args.launcher == "torchrun":
+            raise ValueError("--parallel is for the local launcher (runs side by side here) and slurm (array tasks "
+                             "at once); a torchrun script runs one run")
+        return None
+    if args.smoke:
+        raise ValueError("--smoke runs its miniatures one after another in this process: leave out --parallel")
+    visible = len(visible_gpus())
+    try:
+        gpus = [int(gpu) for gpu in args.gpus.split(",")] if args.gpus else list(range(visible))
+    except ValueError:
+        raise ValueError(f"--gpus {args.gpus}: give GPU indices separated by commas, e.g. --gpus 0,1") from None
+    hidden = [str(gpu) for gpu in gpus if not 0 <= gpu < visible]
+    if hidden:
+        raise ValueError(f"--gpus {args.gpus}: GPU {', '.join(hidden)} is not visible here (this process sees "
+                         + (f"GPUs 0 to {visible - 1})" if visible else "no GPU)"))
+    if args.runs_per_gpu is not None and not gpus:
+        raise ValueError("--runs-per-gpu shares GPUs, and this machine has none: here --parallel N splits the CPU "
+                         "cores between the N runs")
+    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
+        raise ValueError(f"--runs-per-gpu {args.runs_per_gpu}: the runs that share a GPU must be 1 or more")
+    return DevicePool(gpus, args.runs_per_gpu or 1)
+
+
+def run_command(argv: list[str]) -> None:
+    args = parse_args(argv)
+    experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget),
+                                 only=set(args.only) if args.only else None)
+    runs = experiment.runs
+    if args.only:
+        missing = sorted(set(args.only) - {run.name for run in runs})
+        if missing:
+            listed = ", ".join(run.name for run in runs[:20]) + (f", ... ({len(runs):,} in all)" if len(runs) > 20 else "")
+            raise ValueError(f"{args.experiment} has no run {', '.join(missing)}: its runs are {listed}")
+        runs = [run for run in runs if run.name in args.only]
+    if args.nodes > 1 and args.launcher == "local":
+        raise ValueError("--nodes needs --launcher torchrun or slurm: the local launcher uses this machine only")
+    pool = device_pool(args)
+
+    signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
+    runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
+    if args.dry_run:
+        print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
+              f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
+    else:
+        write_manifest(runs_root / experiment.name, experiment.name, shown(args.experiment), experiment.protocols,
+                       [runs_root / run.experiment / run.name for run in experiment.runs], args.smoke)
+    jobs, tasks = [], []  # what is left to do: as Jobs (local), as script lines (torchrun, slurm)
+    for run in runs:
+        run_dir = runs_root / run.experiment / run.name
+        devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
+        if not isinstance(devices, int) or devices < 1:
+            raise ValueError(f"run {run.name}: {devices!r} devices: each run of an experiment takes a number of "
+                             f"devices, 1 or more (set trainer.devices, or --devices N)")
+        extra = smoke_args(run, runs_root / ".standin-data" / experiment.name) if args.smoke else []
+        extra += device_args(args.launcher, devices, args.nodes, asked=args.devices is not None or args.smoke)
+        run_args = run.fit_args(run_dir) + extra
+        summary = read_summary(run_dir)
+        missing = [p for p in experiment.protocols if f"test/{p}/error" not in summary and p not in run.protocols]
+        evaluate_args = [*run.fit_args(run_dir, missing), *extra, "--ckpt_path", shown(last_checkpoint(run_dir))]
+        commands = [launch_command(args.launcher, "fit", run_args, args.nodes, devices)]
+        if missing:  # protocols of this experiment that the run's own experiment does not evaluate
+            commands.append(launch_command(args.launcher, "test", evaluate_args, args.nodes, devices))
+        if args.dry_run:
+            print(describe(run, "\n  ".join(commands), devices * args.nodes))
+            continue
+        finished = summary.get("status") == "finished"
+        if finished:
+            print(f"{run.name}: finished, skipped" + (f"; evaluating {', '.join(missing)}" if missing else ""))
+            if not missing:
+                continue
+        # a run directory with a checkpoint resumes: fit does that itself
+        todo = ([] if finished else [["fit", *run_args]]) + ([["test", *evaluate_args]] if missing else [])
+        jobs.append(Job(run.name, run_dir, devices, run.setting("trainer.max_steps"),
+                        run.setting("data.init_args.batch_size"), todo, on_gpu=run.setting("trainer.accelerator") != "cpu"))
+        tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
+    if args.dry_run:
+        return
+    if args.launcher == "local" and pool is not None:
+        too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)} need more GPUs than the {len(pool.places)} shared out here: "
+                             f"pass --gpus with more, or --devices")
+        failed = [f"{job.name} (log: {shown(job.log)})"
+                  for job in run_side_by_side(jobs, args.parallel, pool, cpu_threads(args.parallel))]
+    elif args.launcher == "local":
+        failed = [job.name for job in jobs if not run_one_after_another(job, args.smoke)]
+    else:
+        failed = write_scripts(args, experiment, runs_root, tasks)
+    if failed:
+        sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
+                 f"(rerun the same command to resume them)")
+
+
+def describe(run: Run, command: str, world_size: int) -> str:
+    net = build_on_meta(run)
+    model = run.setting("model.model")
+    steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
+    flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
+    switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
+                for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
+    bn, shrunk = bn_groups(run.setting("model.bn_group_size"), batch, world_size)
+    budget = run.settings.get("budget")
+    schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
+        f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
+    return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
+            f"{flops:.3g} training FLOPs\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
+            + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}")

@@ -1,0 +1,114 @@
+"""Weights & Biases, all of it: a run's W&B logger (offline unless a key is configured; never required), the end of a
+process's W&B run, and the report's reading of an experiment's runs back from W&B."""
+
+import netrc
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from .models import get_spec
+
+INIT_TIMEOUT_S = 20  # how long a W&B run may take to start before this run goes on with CSV only
+
+
+def start_wandb(run_dir: Path, config: dict) -> Logger | None:
+    """A W&B logger for the run, or None with one warning when W&B cannot be used: training never depends on
+    it. Offline unless WANDB_MODE says otherwise or an API key is configured; resumes the run's W&B id."""
+    try:
+        import wandb
+        offline = os.environ.get("WANDB_MODE", "online" if has_wandb_key() else "offline") in ("offline", "dryrun")
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        # W&B waits 90 s for its server by default; a run that cannot reach it should not wait that long to go on
+        settings = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)))
+        columns = wandb_columns(run_dir, config)
+        logger = RunWandbLogger(name=run_dir.name, group=run_dir.parent.name, project="resnet-repro",
+                                save_dir=str(run_dir), offline=offline, id=run_id, resume="allow" if run_id else None,
+                                config={**config, **columns}, settings=settings)
+        logger.experiment  # start W&B now, so that a failure to start shows here and not mid-run
+        id_file.write_text(logger.version + "\n")
+        return logger
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"warning: W&B is unusable ({type(error).__name__}: {reason}); this run logs to {run_dir}/metrics.csv "
+              f"only", file=sys.stderr)
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()  # end W&B's service now rather than have it retry at exit
+        return None
+
+
+def wandb_columns(run_dir: Path, config: dict) -> dict:
+    """Flat keys of the run's W&B config that a researcher groups and colours runs by in the W&B UI (Figure 6:
+    group by family, colour by depth): dataset, family (plain / residual), depth, shortcut, seed, experiment, budget
+    (the fraction of the paper's schedule: "1" for the full one)."""
+    spec = get_spec(config["model"]["model"])
+    return {
+        "dataset": config["data"]["class_path"].rsplit(".", 1)[-1].removesuffix("DataModule"),
+        "family": spec.kind,
+        "depth": spec.depth,
+        "shortcut": spec.shortcut(config["model"]["shortcut"]) or "none",
+        "seed": config["seed_everything"],
+        "experiment": Path(run_dir).parent.name,
+        "budget": config.get("budget") or "1",
+    }
+
+
+class RunWandbLogger(WandbLogger):
+    """The W&B config is the run's config (as config.yaml holds it) and its flat columns, given once at the start.
+    Lightning's own record of the module's hyperparameters, at the start of fit and of each test, is left out:
+    it would add a second copy with `shortcut: None` (the family's default) beside the `shortcut` column."""
+
+    def log_hyperparams(self, params) -> None:
+        pass
+
+
+def has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def finish_wandb(exit_code: int, summary: dict | None = None) -> None:
+    """Ends this process's W&B run, if any, whether the command succeeded or failed (a run left open would be
+    taken up by the next one in the same process). finish() returns once W&B's service has the run, not once
+    it has closed the .wandb file; teardown waits for the service to stop, so an offline run is complete on
+    disk, ready for `wandb sync`, when the command returns."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.summary.update(summary or {})
+        wandb.run.finish(exit_code=exit_code)
+        wandb.teardown()
+
+
+def collect_wandb(project: str, group: str) -> tuple:
+    """The report's (runs, evaluations, curves) frames from the W&B runs of one group (an experiment), through
+    W&B's public API: the run's resolved config (logged at its start), its state, and its full metric history."""
+    import pandas as pd  # here: a fit, which logs to W&B, never reads it back
+    import wandb
+
+    from .models.size import count_params, meta_model
+    from .report.collect import tabulate_runs, tidy_metrics
+
+    found = []
+    for run in wandb.Api().runs(project, filters={"group": group}):
+        config = run.config
+        model = config["model"]
+        history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
+        params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
+        summary = {
+            "experiment": group, "model": model["model"], "shortcut": model.get("shortcut"),
+            "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
+            "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
+            "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
+            "budget": config.get("budget"),
+            "git_revision": None,
+        }
+        found.append((run.name, summary, tidy_metrics(history)))
+    if not found:
+        raise FileNotFoundError(f"no W&B runs in {project} with group {group}")
+    return tabulate_runs(found)

@@ -1,0 +1,81 @@
+"""The package's shape: imports run one way (no cycle, the dispatcher at the top imports no command), the report
+loads neither torch nor Lightning, and the public surface resolves."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import resnet_repro
+from resnet_repro.cli import COMMANDS, main
+
+PACKAGE = Path(resnet_repro.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package's modules that a file imports (at any depth of its code, lazy imports included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {f"{target}.{a.name}" for a in node.names} if node.module is None else {target}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_repro"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("resnet_repro")}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {target for target in found if target in modules and target != name}
+
+
+def test_the_imports_of_the_package_form_no_cycle():
+    graph = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
+    # a package's __init__ is imported with each of its modules: it counts as importing nothing of theirs
+    graph = {name: {t for t in targets if not t.startswith(f"{name}.")} for name, targets in graph.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            assert state.get(target) != "open", f"import cycle: {' -> '.join([*path, name, target])}"
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert graph["resnet_repro.cli"] == {"resnet_repro.errors"}  # dispatch only: commands are imported when run
+    assert not any("resnet_repro.launch.command" in targets for targets in graph.values())  # the top of `run`
+
+
+def test_the_report_and_the_dispatcher_load_neither_torch_nor_lightning():
+    heavy = ("torch", "lightning", "jsonargparse")
+    # the report's tables and figures read the model registry, which sits beside the nets (torch)
+    for module, allowed in (("resnet_repro.report.collect", ()), ("resnet_repro.rundir", ()), ("resnet_repro.cli", ()),
+                            ("resnet_repro", ()), ("resnet_repro.report.write", ("torch",))):
+        loaded = subprocess.run([sys.executable, "-c", f"import sys, {module}; print(' '.join(m for m in {heavy!r} "
+                                 f"if m in sys.modules and m not in {allowed!r}))"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        assert loaded == "", f"import {module} loads {loaded}"
+
+
+def test_every_public_name_resolves_to_what_it_names():
+    for name, module in resnet_repro.PUBLIC.items():
+        assert getattr(resnet_repro, name).__module__ == f"resnet_repro.{module}"
+    assert resnet_repro.build_model("resnet20").num_layers == 20
+
+
+def test_an_unknown_command_is_refused_in_one_line_naming_the_valid_ones():
+    with pytest.raises(SystemExit) as stop:
+        main(["fly"])
+    assert stop.value.code == f"resnet-repro: unknown command 'fly': valid commands are {', '.join(COMMANDS)}"
+    assert list(COMMANDS) == ["fit", "validate", "test", "models", "run", "report", "responses", "bench"]
