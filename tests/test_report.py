@@ -178,6 +178,20 @@ def test_report_command_writes_table_figure_and_readme(experiment, tmp_path, cap
     assert f"resnet-repro report {experiment} --out {out}" in readme and "`resnet20-s2`: failed" in readme
 
 
+def test_a_run_not_started_is_listed_as_such_and_has_no_table_row(experiment, tmp_path):
+    # the experiment file's runs that have no directory yet (a sweep stopped, or --only a few of them)
+    (experiment / "experiment.json").write_text(json.dumps({
+        "experiment": "cifar10-mini", "file": "x.yaml", "protocols": ["single_view"], "smoke": False,
+        "runs": ["resnet20-s0", "resnet20-s1", "resnet20-s2", "resnet56-s0", "plain20-s0", "plain56-s0"]}))
+    out = tmp_path / "results" / "mini"
+    main(["report", str(experiment), "--out", str(out)])
+    table = pd.read_csv(out / "table.csv")
+    assert sorted(table.net) == ["plain20", "resnet20", "resnet56"]
+    readme = (out / "README.md").read_text()
+    assert "- `plain56-s0`: not started\n" in readme and "nan" not in readme
+    assert "- `resnet20-s0`: finished, 200 iterations, git abc123" in readme
+
+
 def test_a_crash_mid_report_leaves_the_previous_report_intact(experiment, tmp_path, monkeypatch):
     out = tmp_path / "results" / "mini"
     main(["report", str(experiment), "--out", str(out)])

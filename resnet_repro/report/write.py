@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from ..files import staged
 from ..rundir import read_manifest
@@ -34,7 +35,8 @@ def write_report(folders: list[Path], out: Path, command: str, wandb_project: st
 
 
 def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
-    listed = "\n".join(f"- `{r.run}`: {r.status}, {r.steps} iterations, git {r.git_revision}: `{r.command}`"
+    listed = "\n".join(f"- `{r.run}`: {r.status}" + (f", {r.steps:.0f} iterations, git {r.git_revision}: `{r.command}`"
+                                                      if pd.notna(r.steps) else "")
                        for r in runs.itertuples())
     smoke = [f for f in folders if (read_manifest(f) or {}).get("smoke")]
     warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
