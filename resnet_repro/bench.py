@@ -16,7 +16,6 @@ CIFAR-10 recipe) at the fit rate.
 
 import argparse
 import os
-import platform
 import resource
 import time
 from typing import get_args
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .data import DigitsDataModule
+from .hardware import device_name
 from .models import build_model
 from .module import CompileMode, ResNetClassifier
 
@@ -183,7 +183,7 @@ def bench_command(argv: list[str]) -> None:
     if args.deterministic:  # what Lightning's Trainer(deterministic=True) sets
         torch.use_deterministic_algorithms(True)
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
           f"compile {args.compile_mode or 'off'}, BN groups {args.bn_group_size or 'off'}, "
           f"deterministic {'on' if args.deterministic else 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "

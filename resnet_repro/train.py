@@ -10,7 +10,6 @@ protocol the config names.
 import csv
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from .batchnorm import PreciseBN
 from .data import check_protocols, data_module_class  # imported, its data modules are the subclasses --help lists
 from .errors import AlreadyFinished
 from .files import read_yaml, write_atomically, write_json_atomically
+from .hardware import device_name
 from .models import get_spec
 from .models.size import count_macs, count_params, meta_model
 from .module import ResNetClassifier
@@ -416,7 +416,7 @@ class RunSummary(L.Callback):
             "budget": self.budget,  # None: the paper's full schedule; "1/32": its iteration counts scaled by 1/32
             "wall_time_s": round(self.previous_wall_time + time.monotonic() - self.started, 1),
             "devices": trainer.world_size,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device": device_name(device),
             "git_revision": self.git_revision,
             "command": self.command,
             **self.throughput(),

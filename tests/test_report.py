@@ -23,7 +23,8 @@ def make_run(root, name, model, seed, status, test_errors, train_error=0.05, dat
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({
         "status": status, "model": model, "shortcut": shortcut, "seed": seed, "data": data, "params": 269_722,
-        "steps": steps, "max_steps": 200, "git_revision": "abc123"}))
+        "steps": steps, "max_steps": 200, "wall_time_s": 61.4, "devices": 1, "device": "Intel Xeon",
+        "git_revision": "abc123"}))
     rows = [{"step": s, "train/error": train_error + noise * (-1) ** s, "train/loss": 0.1, "lr": 0.1}
             for s in range(1, steps + 1)]
     rows += [{"step": 100 * (i + 1), "test/error": e, "val/error": e + 0.01} for i, e in enumerate(test_errors)]
@@ -189,7 +190,7 @@ def test_a_run_not_started_is_listed_as_such_and_has_no_table_row(experiment, tm
     assert sorted(table.net) == ["plain20", "resnet20", "resnet56"]
     readme = (out / "README.md").read_text()
     assert "- `plain56-s0`: not started\n" in readme and "nan" not in readme
-    assert "- `resnet20-s0`: finished, 200 iterations, git abc123" in readme
+    assert "- `resnet20-s0`: finished, 200 iterations in 61 s on 1 x Intel Xeon, git abc123" in readme
 
 
 def test_a_crash_mid_report_leaves_the_previous_report_intact(experiment, tmp_path, monkeypatch):

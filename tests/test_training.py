@@ -2,6 +2,7 @@
 
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_a_small_cifar_net_learns_the_digits(tmp_path):
     result = summary(run)
     assert result["status"] == "finished" and result["steps"] == 120 and result["params"] == 269_722
     assert result["test/images"] == 300 and result["test/error"] < 0.3
+    # the machine beside its wall time: this CPU's model name as lscpu gives it
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    assert result["devices"] == 1 and f"Model name: {result['device']}\n" in re.sub(r"[ \t]+", " ", lscpu)
     assert (run / "config.yaml").is_file()
 
 

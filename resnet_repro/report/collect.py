@@ -11,7 +11,7 @@ import pandas as pd
 from ..rundir import read_summary, run_dirs, whole_lines
 
 RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
-               "max_steps", "budget", "train_error", "git_revision", "command"]
+               "max_steps", "budget", "train_error", "wall_time_s", "devices", "device", "git_revision", "command"]
 EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
 PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
 
@@ -109,6 +109,7 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
             "data": summary.get("data"), "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
             "budget": summary.get("budget"), "train_error": final_train_window(metrics).mean(),
+            "wall_time_s": summary.get("wall_time_s"), "devices": summary.get("devices"), "device": summary.get("device"),
             "git_revision": summary.get("git_revision"),
             "command": summary.get("command"),
         })

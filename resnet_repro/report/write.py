@@ -34,9 +34,16 @@ def write_report(folders: list[Path], out: Path, command: str, wandb_project: st
     return markdown
 
 
+def ran_on(run) -> str:
+    """ " in 248 s on 1 x Intel Xeon": a run's wall time and devices, as its summary recorded them."""
+    if pd.isna(run.wall_time_s) or pd.isna(run.devices):
+        return ""
+    return f" in {run.wall_time_s:.0f} s on {run.devices:.0f} x {run.device}"
+
+
 def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
-    listed = "\n".join(f"- `{r.run}`: {r.status}" + (f", {r.steps:.0f} iterations, git {r.git_revision}: `{r.command}`"
-                                                      if pd.notna(r.steps) else "")
+    listed = "\n".join(f"- `{r.run}`: {r.status}" + (f", {r.steps:.0f} iterations{ran_on(r)}, git {r.git_revision}: "
+                                                      f"`{r.command}`" if pd.notna(r.steps) else "")
                        for r in runs.itertuples())
     smoke = [f for f in folders if (read_manifest(f) or {}).get("smoke")]
     warning = ("**A miniature (`run --smoke`): a few iterations on stand-in data. Its numbers say that the path "
