@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from resnet_repro.cli import main
 from resnet_repro.data.cifar10 import write_standin
@@ -43,6 +44,11 @@ def run_cli(*argv: str, env: dict | None = None, timeout: int = 300) -> subproce
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def weights(run_dir: Path) -> dict:
+    """The state_dict of the run's last checkpoint."""
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
 def train_rows(run_dir: Path) -> pd.DataFrame:

@@ -8,22 +8,35 @@ import lightning as L
 
 
 class KillAtStep(L.Callback):
-    def __init__(self, step: int):
+    """SIGKILL at the start of iteration `step + 1`: of every rank, or of rank `rank` alone, which first writes the
+    time it dies to `<run_dir>/killed` (so that a test can time how long the other ranks outlive it)."""
+
+    def __init__(self, step: int, rank: int | None = None):
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            if self.rank is not None:
+                with open(f"{trainer.default_root_dir}/killed", "w") as f:
+                    f.write(f"{time.time()}\n")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 class PauseAtStep(L.Callback):
-    """Holds the run at a given iteration (after its checkpoints up to there), saying so in `<run_dir>/paused`."""
+    """Holds the run at a given iteration (after its checkpoints up to there), saying so in `<run_dir>/paused`; with
+    `once`, not in a run directory that has been paused before (the same command, run again, goes on)."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, once: bool = False):
         self.step = step
+        self.once = once
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        # decided before training, so that every rank decides alike whichever writes `paused` first
+        self.armed = not (self.once and os.path.exists(f"{trainer.default_root_dir}/paused"))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.armed:
             with open(f"{trainer.default_root_dir}/paused", "w") as f:
                 f.write(f"{os.getpid()}\n")
             while not trainer.received_sigterm:  # Lightning's SIGTERM handler sets it; it then stops the run

@@ -3,12 +3,13 @@
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, write_cifar10
+from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, weights, write_cifar10
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 CIFAR = ["--config", str(REPO / "experiments/cifar10/base.yaml")]
@@ -20,10 +21,6 @@ def tiny_cifar(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
             "--data.init_args.val_size", "21", "--data.init_args.batch_size", "16",
             "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2",
             "--checkpoint.every_n_train_steps", "2", *extra]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
 def test_a_small_cifar_net_learns_the_digits(tmp_path):
@@ -88,24 +85,47 @@ def fit_at(world_size: int, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, world_size):
-    # 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
-    args = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",
-            "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6", "--trainer.log_every_n_steps", "3",
-            "--trainer.val_check_interval", "6"]
-    straight, interrupted = tmp_path / "e" / "straight", tmp_path / "e" / "interrupted"
-    fit_at(world_size, *args, "--run_dir", str(straight))
+# 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
+RESUME_ARGS = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",
+               "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6", "--trainer.log_every_n_steps",
+               "3", "--trainer.val_check_interval", "6"]
 
-    # every rank kills itself at the start of iteration 10, after the checkpoint of iteration 6
-    killed = run_cli("fit", *args, *ddp(world_size), "--run_dir", str(interrupted), "--wandb", "false",
-                     "--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.init_args.step", "9",
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run of RESUME_ARGS trained without a stop, once per world size for the tests that compare with it."""
+    runs = {}
+
+    def at(world_size: int) -> Path:
+        if world_size not in runs:
+            runs[world_size] = tmp_path_factory.mktemp(f"straight{world_size}") / "e" / "straight"
+            fit_at(world_size, *RESUME_ARGS, "--run_dir", str(runs[world_size]))
+        return runs[world_size]
+    return at
+
+
+@pytest.mark.parametrize("world_size, killed_rank", [(1, None), pytest.param(2, None, marks=pytest.mark.slow),
+                                                     pytest.param(2, 1, marks=pytest.mark.slow)])
+def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, uninterrupted, world_size, killed_rank):
+    interrupted = tmp_path / "e" / "interrupted"
+    # every rank (or rank 1 alone) kills itself at the start of iteration 10, after the checkpoint of iteration 6
+    kill = ["--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.init_args.step", "9",
+            *([] if killed_rank is None else ["--trainer.callbacks.init_args.rank", str(killed_rank)])]
+    killed = run_cli("fit", *RESUME_ARGS, *ddp(world_size), "--run_dir", str(interrupted), "--wandb", "false", *kill,
                      env={"PYTHONPATH": str(REPO / "tests")})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert summary(interrupted)["status"] == "running"
+    ended = time.time()
+    if killed_rank is None:
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert summary(interrupted)["status"] == "running"
+    else:  # rank 0, Lightning's launcher, finds rank 1 gone at its next collective and ends the run as failed
+        outlived = ended - float((interrupted / "killed").read_text())
+        print(f"rank 0 outlived the killed rank 1 by {outlived:.1f} s")
+        assert outlived < 30 and killed.returncode == 1, killed.stderr[-2000:]
+        assert summary(interrupted)["status"] == "failed" and "Connection reset by peer" in summary(interrupted)["error"]
     assert torch.load(interrupted / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
 
-    fit_at(world_size, *args, "--run_dir", str(interrupted))
+    fit_at(world_size, *RESUME_ARGS, "--run_dir", str(interrupted))  # the same command, without the kill
+    straight = uninterrupted(world_size)
     assert summary(interrupted)["status"] == "finished" and summary(interrupted)["devices"] == world_size
     a, b = weights(straight), weights(interrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

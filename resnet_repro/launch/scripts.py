@@ -37,7 +37,9 @@ def slurm_array_script(experiment: Experiment, folder: Path, tasks: list[tuple[R
     cases = []
     for index, (run, run_dir, commands) in enumerate(tasks):
         log = f"{run_dir.absolute()}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out"
-        cases += [f"  {index})  # {run.name}", f'    exec >>"{log}" 2>&1', *(f"    {command}" for command in commands),
+        # the run directory's first file may be this log: a new run's directory is made here, not by `run`
+        cases += [f"  {index})  # {run.name}", f'    mkdir -p "{run_dir.absolute()}"', f'    exec >>"{log}" 2>&1',
+                  *(f"    {command}" for command in commands),
                   "    ;;"]
     # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the task;
     # the requeued task's `fit` resumes from last.ckpt in the run directory.
