@@ -1,5 +1,6 @@
 """ImageNetDataModule on a tiny ImageFolder of generated JPEGs: transforms, batch shapes, rank splits, errors."""
 
+from itertools import islice
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from resnet_repro.data.imagenet import (EIGENVALUES, EIGENVECTORS, MEAN, EvalSampler, ImageNetDataModule,
-                                        PCALighting, train_transform)
+                                        PCALighting, SeededImages, TrainStream, train_transform)
 
 pytestmark = pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # CPU-only tests
 
@@ -34,7 +35,9 @@ def data_dir(tmp_path_factory):
 def make(data_dir, stage="fit", rank=0, world_size=1, **kwargs) -> ImageNetDataModule:
     dm = ImageNetDataModule(data_dir, num_workers=0, **{"batch_size": 4, "eval_batch_size": 4, **kwargs})
     if world_size > 1:
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)  # all that setup reads
+        # all that setup and the training stream read
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, global_step=0,
+                                     state=SimpleNamespace(fn="fit"))
     dm.setup(stage)
     return dm
 
@@ -42,7 +45,6 @@ def make(data_dir, stage="fit", rank=0, world_size=1, **kwargs) -> ImageNetDataM
 def test_training_batches_are_mean_subtracted_224_crops(data_dir):
     torch.manual_seed(0)
     loader = make(data_dir).train_dataloader()
-    assert len(loader) == 9 // 4  # drop_last
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 224, 224) and images.dtype == torch.float32 and labels.dtype == torch.int64
     expected = torch.tensor(COLOURS, dtype=torch.float32)[labels] / 255 - torch.tensor(MEAN)
@@ -108,8 +110,34 @@ def test_evaluation_counts_every_image_once(data_dir, world_size):
 def test_training_ranks_take_disjoint_halves_of_each_global_batch(data_dir):
     loaders = [make(data_dir, "fit", rank, 2).train_dataloader() for rank in range(2)]
     assert all(loader.batch_size == 2 for loader in loaders)
-    indices = [list(loader.sampler) for loader in loaders]
-    assert len(indices[0]) == len(indices[1]) == 4 and not set(indices[0]) & set(indices[1])
+    halves = [list(islice(loader.sampler, 4)) for loader in loaders]  # two global batches of 4
+    whole = list(islice(make(data_dir).train_dataloader().sampler, 8))
+    assert halves[0][:2] + halves[1][:2] + halves[0][2:] + halves[1][2:] == whole  # images and their seeds
+    assert len({index for index, _ in whole[:4]}) == 4 and len({seed for _, seed in whole}) == 8
+
+
+def test_the_training_stream_resumed_at_a_step_goes_on_where_it_stopped():
+    # 9 images, batches of 4: two batches per epoch, so step 3 is the second batch of the second epoch
+    from_start = list(islice(TrainStream(9, 4, 0, 1, seed=5, first_step=lambda: 0), 6 * 4))
+    resumed = list(islice(TrainStream(9, 4, 0, 1, seed=5, first_step=lambda: 3), 3 * 4))
+    assert resumed == from_start[3 * 4:]
+    epochs = [sorted(index for index, _ in from_start[e * 8:e * 8 + 8]) for e in range(3)]
+    assert all(len(set(epoch)) == 8 for epoch in epochs) and epochs[0] != epochs[1]  # a new order each epoch
+    assert from_start != list(islice(TrainStream(9, 4, 0, 1, seed=6, first_step=lambda: 0), 6 * 4))
+    with pytest.raises(ValueError, match="fewer than one batch of 16"):
+        TrainStream(9, 16, 0, 1, seed=0, first_step=lambda: 0)
+
+
+def test_an_image_and_its_seed_give_the_same_augmentation_whatever_the_global_generator(data_dir):
+    images = SeededImages(make(data_dir).train_set)
+    torch.manual_seed(0)
+    first, label = images[(4, 123)]
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    again, _ = images[(4, 123)]
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is left as it was
+    assert torch.equal(first, again) and label == 1
+    assert not torch.equal(first, images[(4, 124)][0])  # another seed, another crop and colour
 
 
 def test_batch_size_must_divide_by_world_size(data_dir):

@@ -397,13 +397,16 @@ def normalised(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 255 - torch.tensor(MEAN)[:, None, None]
 
 
-@pytest.mark.parametrize("protocol", ["center", "ten_crop", "multi_scale"])
+@pytest.mark.parametrize("protocol", ["center", "ten_crop", "ten_crop-whole_image", "multi_scale"])
 def test_imagenet_test_views_centre_10_crop_and_multi_scale_at_their_sizes(imagenet, protocol):
     data, images = imagenet
+    protocol, _, ten_crop_of = protocol.partition("-")
+    data.ten_crop_of = ten_crop_of or "central_square"  # the recipe's default: AlexNet's 10-crop
     data.use_protocol(protocol)  # what `resnet-repro test --protocols` does
     data.setup("test")
     batches = list(data.test_dataloader())
     data.use_protocol("center")
+    data.ten_crop_of = "central_square"
     for index, name in enumerate(images):  # the class folders' order: the loader's
         pixels = torch.from_numpy(images[name]).permute(2, 0, 1)
         resized = TF.resize(pixels, [256])  # the shorter side to 256, the aspect kept
@@ -412,8 +415,12 @@ def test_imagenet_test_views_centre_10_crop_and_multi_scale_at_their_sizes(image
         if protocol == "center":
             expected = [normalised(resized[:, top:top + 224, left:left + 224])]
         elif protocol == "ten_crop":
+            if not ten_crop_of:  # AlexNet's: the central 256 x 256 square
+                resized = resized[:, round((h - 256) / 2):, round((w - 256) / 2):][:, :256, :256]
+                h, w = resized.shape[1:]
+                top, left = round((h - 224) / 2), round((w - 224) / 2)
             corners = [(0, 0), (0, w - 224), (h - 224, 0), (h - 224, w - 224), (top, left)]
-            # the four corners and the centre, of the image and of its mirror image
+            # the four corners and the centre, of the image (or its square) and of its mirror image
             expected = [normalised(image[:, y:y + 224, x:x + 224]) for image in (resized, resized.flip(2))
                         for y, x in corners]
         else:

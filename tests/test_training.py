@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, weights, write_cifar10
+from resnet_repro.data import imagenet as imagenet_data
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 CIFAR = ["--config", str(REPO / "experiments/cifar10/base.yaml")]
+IMAGENET = ["--config", str(REPO / "experiments/imagenet/base.yaml")]
 
 
 def tiny_cifar(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -85,33 +87,50 @@ def fit_at(world_size: int, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-# 12 iterations with a checkpoint every 6, the warm-up ending inside the run (at iteration 8 on this data).
-RESUME_ARGS = [*DIGITS, "--trainer.max_steps", "12", "--data.init_args.batch_size", "32", "--model.warmup", "true",
-               "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6", "--trainer.log_every_n_steps",
-               "3", "--trainer.val_check_interval", "6"]
+# 12 iterations with a checkpoint every 6. Digits: the warm-up ends inside the run (at iteration 8 on this data).
+# ImageNet: the stand-in's 40 training images make epochs of 5 batches of 8, so the checkpoint of iteration 6 falls
+# inside the second epoch, and two loader workers per rank draw the augmentations.
+SCHEDULE = ["--trainer.max_steps", "12", "--model.milestones", "[10]", "--checkpoint.every_n_train_steps", "6",
+            "--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "6"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The run of RESUME_ARGS trained without a stop, once per world size for the tests that compare with it."""
+def resume_args(tmp_path_factory) -> dict[str, list[str]]:
+    standin = imagenet_data.write_standin(tmp_path_factory.mktemp("imagenet-standin"))
+    return {
+        "digits": [*DIGITS, *SCHEDULE, "--data.init_args.batch_size", "32", "--model.warmup", "true"],
+        "imagenet": [*IMAGENET, *SCHEDULE, "--model.model", "resnet20", "--data.init_args.batch_size", "8",
+                     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                     "--trainer.precision", "32-true", "--trainer.benchmark", "false",
+                     *(arg for key, value in {**standin, "num_workers": 2}.items()
+                       for arg in (f"--data.init_args.{key}", str(value)))],
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, resume_args):
+    """The run of resume_args[data] trained without a stop, once per data and world size for the module."""
     runs = {}
 
-    def at(world_size: int) -> Path:
-        if world_size not in runs:
-            runs[world_size] = tmp_path_factory.mktemp(f"straight{world_size}") / "e" / "straight"
-            fit_at(world_size, *RESUME_ARGS, "--run_dir", str(runs[world_size]))
-        return runs[world_size]
+    def at(data: str, world_size: int) -> Path:
+        if (data, world_size) not in runs:
+            runs[data, world_size] = tmp_path_factory.mktemp(f"straight-{data}-{world_size}") / "e" / "straight"
+            fit_at(world_size, *resume_args[data], "--run_dir", str(runs[data, world_size]))
+        return runs[data, world_size]
     return at
 
 
-@pytest.mark.parametrize("world_size, killed_rank", [(1, None), pytest.param(2, None, marks=pytest.mark.slow),
-                                                     pytest.param(2, 1, marks=pytest.mark.slow)])
-def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, uninterrupted, world_size, killed_rank):
-    interrupted = tmp_path / "e" / "interrupted"
+@pytest.mark.parametrize("data, world_size, killed_rank", [
+    ("digits", 1, None), pytest.param("digits", 2, None, marks=pytest.mark.slow),
+    pytest.param("digits", 2, 1, marks=pytest.mark.slow),
+    ("imagenet", 1, None), pytest.param("imagenet", 2, None, marks=pytest.mark.slow)])
+def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, resume_args, uninterrupted, data, world_size,
+                                                           killed_rank):
+    interrupted, args = tmp_path / "e" / "interrupted", resume_args[data]
     # every rank (or rank 1 alone) kills itself at the start of iteration 10, after the checkpoint of iteration 6
     kill = ["--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.init_args.step", "9",
             *([] if killed_rank is None else ["--trainer.callbacks.init_args.rank", str(killed_rank)])]
-    killed = run_cli("fit", *RESUME_ARGS, *ddp(world_size), "--run_dir", str(interrupted), "--wandb", "false", *kill,
+    killed = run_cli("fit", *args, *ddp(world_size), "--run_dir", str(interrupted), "--wandb", "false", *kill,
                      env={"PYTHONPATH": str(REPO / "tests")})
     ended = time.time()
     if killed_rank is None:
@@ -124,8 +143,8 @@ def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, uninterrupt
         assert summary(interrupted)["status"] == "failed" and "Connection reset by peer" in summary(interrupted)["error"]
     assert torch.load(interrupted / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
 
-    fit_at(world_size, *RESUME_ARGS, "--run_dir", str(interrupted))  # the same command, without the kill
-    straight = uninterrupted(world_size)
+    fit_at(world_size, *args, "--run_dir", str(interrupted))  # the same command, without the kill
+    straight = uninterrupted(data, world_size)
     assert summary(interrupted)["status"] == "finished" and summary(interrupted)["devices"] == world_size
     a, b = weights(straight), weights(interrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

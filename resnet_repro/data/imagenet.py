@@ -11,6 +11,9 @@ Choices made here, where the paper is silent:
 - images are scaled to [0, 1] before the colour noise and nothing is divided by a standard deviation;
 - center and 10-crop test views are cut from the image with its shorter side resized to 256 (the paper
   does not say; the common AlexNet/VGG/fb.resnet.torch practice);
+- the 10 crops are the four corners and the centre of the central 256x256 square, and their horizontal
+  flips: AlexNet's (the paper's [21]), which crops a 256x256 image; `ten_crop_of: whole_image` takes the
+  corners of the whole 256 x W image instead, fb.resnet.torch's convention (its published errors);
 - the multi-scale test feeds the whole resized image (no crop), one image at a time per rank.
 """
 
@@ -20,11 +23,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from .small_images import first_step, generator_for, seed_of
 
 # A mean image is ill-defined under crops of random size and position, so the mean is per channel, as in
 # every common ImageNet pipeline (these are the usual RGB values on the [0, 1] scale).
@@ -50,8 +55,7 @@ class PCALighting(v2.Transform):
         self.register_buffer("eigenvectors", torch.tensor(EIGENVECTORS))
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        # the global generator, which the DataLoader seeds per worker (and Lightning's
-        # seed_everything(workers=True) per rank), so no two workers draw the same noise
+        # the global generator, which SeededImages seeds for each image from the seed and the step
         return {"alpha": torch.randn(3) * self.alpha_std}
 
     def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
@@ -95,16 +99,64 @@ def train_transform(crop_size: int = PAPER_CROP) -> v2.Compose:
     ])
 
 
-def eval_transform(mode: str, scales: tuple[int, ...], crop_size: int = PAPER_CROP) -> v2.Compose:
-    resize = v2.Resize(scaled(256, crop_size))
+def eval_transform(mode: str, scales: tuple[int, ...], crop_size: int = PAPER_CROP,
+                   ten_crop_of: str = "central_square") -> v2.Compose:
+    side = scaled(256, crop_size)
+    resize = v2.Resize(side)
     if mode == "center":
         return v2.Compose([v2.ToImage(), resize, v2.CenterCrop(crop_size), *to_normalized_float()])
     if mode == "ten_crop":  # 10 x 3 x 224 x 224 per image
-        return v2.Compose([v2.ToImage(), resize, v2.TenCrop(crop_size), *to_normalized_float(), torch.stack])
+        square = [v2.CenterCrop(side)] if ten_crop_of == "central_square" else []
+        return v2.Compose([v2.ToImage(), resize, *square, v2.TenCrop(crop_size), *to_normalized_float(),
+                           torch.stack])
     if mode == "multi_scale":  # one 3 x H_s x W_s image per scale
         return v2.Compose([v2.ToImage(), MultiScale(tuple(scaled(s, crop_size) for s in scales)),
                            *to_normalized_float()])
     raise ValueError(f"eval_mode {mode!r} is not one of center, ten_crop, multi_scale")
+
+
+class TrainStream(Sampler[tuple[int, int]]):
+    """One rank's part of the endless training stream, from the trainer's step on: epoch e is a permutation of
+    the n training images seeded by (seed, e), global batch k its k-th slice of batch_size images (an incomplete
+    last slice dropped), and rank r takes the r-th of its W equal parts. Each image comes with the seed of its
+    augmentation, a function of (seed, step, place in the global batch): a run resumed at step k sees exactly
+    the images, crops, flips and colours an uninterrupted run would, whatever the world size (Lightning would
+    restart a plain loader at the start of its epoch, and workers draw from generators seeded at their start)."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int, first_step):
+        self.n, self.batch_size, self.rank, self.world_size, self.seed = n, batch_size, rank, world_size, seed
+        self.first_step = first_step  # a callable: the trainer's global step when iteration starts (resume)
+        self.batches_per_epoch = n // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the training set has {n} images, fewer than one batch of {batch_size}")
+
+    def __iter__(self):
+        per_rank, step, epoch = self.batch_size // self.world_size, self.first_step(), None
+        while True:
+            if step // self.batches_per_epoch != epoch:
+                epoch = step // self.batches_per_epoch
+                order = torch.randperm(self.n, generator=generator_for(self.seed, 0, epoch)).tolist()
+            start = (step % self.batches_per_epoch) * self.batch_size + self.rank * per_rank
+            for place in range(start, start + per_rank):
+                yield order[place], seed_of(self.seed, 1, step, place)
+            step += 1
+
+
+class SeededImages(Dataset):
+    """An image folder whose item (index, seed) is image `index`, transformed with the CPU generator seeded by
+    `seed` (torchvision's random transforms draw from torch's global generator; its state is kept as it was)."""
+
+    def __init__(self, images: ImageFolder):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.images[index]
 
 
 class EvalSampler(Sampler[int]):
@@ -145,6 +197,8 @@ class ImageNetDataModule(L.LightningDataModule):
         eval_mode: the test: center (one 224 crop), ten_crop (the paper's Table 3/4 test) or multi_scale
             (fully convolutional, averaged over `scales`, Table 4/5)
         scales: the shorter sides of the multi-scale test
+        ten_crop_of: where the 10 crops' corners lie: central_square (the central 256 x 256 square, AlexNet's
+            10-crop, which the paper cites) or whole_image (the whole 256 x W image, fb.resnet.torch's)
         crop_size: the training and test crop (the paper's 224)
         seed: the seed of the training order and augmentation
     """
@@ -155,12 +209,14 @@ class ImageNetDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str, batch_size: PositiveInt = 256, eval_batch_size: PositiveInt = 64,
                  num_workers: NonNegativeInt = 8,
                  eval_mode: Literal["center", "ten_crop", "multi_scale"] = "ten_crop",
-                 scales: tuple[int, ...] = (224, 256, 384, 480, 640), crop_size: PositiveInt = PAPER_CROP,
-                 seed: int = 0):
+                 scales: tuple[int, ...] = (224, 256, 384, 480, 640),
+                 ten_crop_of: Literal["central_square", "whole_image"] = "central_square",
+                 crop_size: PositiveInt = PAPER_CROP, seed: int = 0):
         super().__init__()
         self.crop_size = crop_size
         self.data_dir, self.batch_size, self.eval_batch_size = data_dir, batch_size, eval_batch_size
         self.num_workers, self.eval_mode, self.scales, self.seed = num_workers, eval_mode, tuple(scales), seed
+        self.ten_crop_of = ten_crop_of
         self.train_set: ImageFolder | None = None
         self.val_set: ImageFolder | None = None
 
@@ -193,23 +249,22 @@ class ImageNetDataModule(L.LightningDataModule):
         if stage == "fit" and self.batch_size % self.world_size:
             raise ValueError(f"batch_size {self.batch_size} is global and must divide by the {self.world_size} ranks")
         if self.val_set is None:
-            self.val_set = self.image_folder("val", eval_transform(self.eval_mode, self.scales, self.crop_size))
+            views = eval_transform(self.eval_mode, self.scales, self.crop_size, self.ten_crop_of)
+            self.val_set = self.image_folder("val", views)
         if stage == "fit" and self.train_set is None:
             self.train_set = self.image_folder("train", train_transform(self.crop_size))
             if self.train_set.classes != self.val_set.classes:  # labels are folder indices: they must agree
                 raise ValueError(f"{self.data_dir}/train and {self.data_dir}/val hold different class folders, "
                                  f"so their labels would not match")
 
-    def loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+    def loader(self, dataset: Dataset, batch_size: int, sampler: Sampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True)
 
     def train_dataloader(self) -> DataLoader:
-        # rank r takes every W-th index of one seeded permutation, so the ranks' k-th batches are disjoint
-        # parts of the k-th global batch; Lightning calls set_epoch on the sampler to reshuffle each epoch
-        sampler = DistributedSampler(self.train_set, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=self.seed, drop_last=True)
-        return self.loader(self.train_set, self.batch_size // self.world_size, sampler, drop_last=True)
+        stream = TrainStream(len(self.train_set), self.batch_size, self.rank, self.world_size, self.seed,
+                             first_step=lambda: first_step(self.trainer))
+        return self.loader(SeededImages(self.train_set), self.batch_size // self.world_size, stream)
 
     def eval_dataloader(self) -> DataLoader:
         sampler = EvalSampler(len(self.val_set), self.rank, self.world_size)

@@ -17,9 +17,14 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch import Tensor
 
 
+def seed_of(*key: int) -> int:
+    """A seed from a tuple of integers (seed, purpose, step, ...), without collisions."""
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
 def generator_for(*key: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of integers (seed, purpose, step, ...) without collisions."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+    """A CPU generator seeded from a tuple of integers (seed, purpose, step, ...)."""
+    return torch.Generator().manual_seed(seed_of(*key))
 
 
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -45,6 +50,12 @@ def pad_crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> T
     batch = torch.arange(n, device=device)[:, None, None, None]
     channel = torch.arange(c, device=device)[None, :, None, None]
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def first_step(trainer) -> int:
+    """Where a training stream starts: during fit, at the trainer's step (a resumed run goes on where it
+    stopped); anywhere else (precise BN before a test), at step 0, so that fit and test see the same batches."""
+    return trainer.global_step if trainer and trainer.state.fn == "fit" else 0
 
 
 class TrainBatches:
@@ -206,9 +217,7 @@ class SmallImageDataModule(L.LightningDataModule):
                             first_step=self.first_step)
 
     def first_step(self) -> int:
-        """Where the training stream starts: during fit, at the trainer's step (a resumed run goes on where it
-        stopped); anywhere else (precise BN before a test), at step 0, so that fit and test see the same batches."""
-        return self.trainer.global_step if self.trainer and self.trainer.state.fn == "fit" else 0
+        return first_step(self.trainer)
 
     @property
     def val_splits(self) -> list[str]:
