@@ -67,10 +67,12 @@ def test_budget_runs_live_apart_from_full_ones_and_their_report_never_compares_t
 
     out = tmp_path / "report"
     main(["report", str(root / "cifar10-table6@1-32"), "--out", str(out)])
-    table = pd.read_csv(out / "table.csv", dtype={"paper": str}, keep_default_na=False)
+    table = pd.read_csv(out / "table.csv")
     [row] = table[(table.net == "resnet20") & (table.metric == "top-1")].itertuples()
-    assert row.budget == "1/32" and row.paper == "8.75 (full schedule: context, not comparable)"
-    assert row.difference == ""  # no difference to the paper's full-schedule number
+    assert row.budget == "1/32" and row.paper == 8.75
+    assert pd.isna(row.difference)  # no difference to the paper's full-schedule number
+    assert "| 1/32 " in (out / "table.md").read_text()
+    assert "| 8.75 (full schedule: context, not comparable) |" in (out / "table.md").read_text()
     readme = (out / "README.md").read_text()
     assert readme.startswith(f"# Report of `{root / 'cifar10-table6@1-32'}` at 1/32 of the paper's schedule")
     assert "context only, with no difference computed" in readme

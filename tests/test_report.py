@@ -12,7 +12,7 @@ from resnet_repro.report import write as report_write
 from resnet_repro.report.collect import collect_runs
 from resnet_repro.report.figures import training_curves
 from resnet_repro.paper import paper_numbers
-from resnet_repro.report.tables import error_table, findings
+from resnet_repro.report.tables import error_table, findings, format_table
 
 
 def make_run(root, name, model, seed, status, test_errors, train_error=0.05, data="CIFAR10DataModule", steps=200,
@@ -54,19 +54,42 @@ def table_of(*folders):
 def test_the_table_cells(experiment):
     table = table_of(experiment).set_index("net")
     r20 = table.loc["resnet20"]
-    assert r20["runs"] == "2/3 finished; s2 failed"  # the failed run is not averaged in
+    assert (r20["runs"], r20["finished"], r20["unfinished"]) == (3, 2, "s2 failed")  # the failed run not averaged in
     assert r20["protocol"] == "single_view" and r20["metric"] == "top-1" and r20["test images"] == 10_000
-    assert r20["ours"] == f"8.50±{math.sqrt(0.5):.2f} (mean±std of 2)"  # the latest evaluation of each run
-    assert r20["statistic"] == "one run" and r20["paper"] == "8.75" and r20["source"] == "Table 6"
+    assert r20["shortcut"] == "A" and r20["budget"] == "full"
+    # the latest evaluation of each run: 8 and 9
+    assert (r20["n"], r20["mean"], r20["std"], r20["best"]) == (2, pytest.approx(8.5), pytest.approx(math.sqrt(0.5)), 8)
+    assert r20["ours"] == pytest.approx(8.5)  # the mean, beside one run of the paper's
+    assert r20["statistic"] == "one run" and r20["paper"] == 8.75 and r20["source"] == "Table 6"
     assert r20["difference"] == pytest.approx(-0.25)
-    assert r20["reference"] == "8.27" and r20["reference source"] == "akamaster/pytorch_resnet_cifar10"
+    assert r20["reference"] == 8.27 and r20["reference source"] == "akamaster/pytorch_resnet_cifar10"
     assert r20["params"] == 269_722 and r20["iterations"] == 200
     # the last 5% of iterations (10 of 200) at 5%; the re-logged step 100 keeps its last value, 50%
     assert r20["train error"] == pytest.approx(5.0)
     r56 = table.loc["resnet56"]
-    assert r56["runs"] == "0/1 finished; s0 running" and r56["protocol"] == "not evaluated" and r56["ours"] == ""
+    assert (r56["finished"], r56["unfinished"], r56["protocol"], r56["n"]) == (0, "s0 running", "not evaluated", 0)
+    assert math.isnan(r56["ours"])
     p20 = table.loc["plain20"]
-    assert p20["ours"] == "12.00 (1 run)" and p20["paper"] == "" and math.isnan(p20["difference"])
+    assert p20["ours"] == 12 and p20["n"] == 1 and math.isnan(p20["std"]) and pd.isna(p20["shortcut"])
+    assert math.isnan(p20["paper"]) and math.isnan(p20["difference"])
+
+
+def test_the_markdown_shows_a_column_only_where_a_row_has_a_value_and_says_what_each_holds(experiment):
+    legend, _, markdown = format_table(table_of(experiment)).partition("\n\n")
+    header = [cell.strip() for cell in markdown.splitlines()[0].strip("|").split("|")]
+    # no budget (all full schedule); the rest has a value in some row: resnet20's paper and reference numbers
+    assert header == ["net", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
+                      "reference", "reference source", "train error", "test images", "params", "iterations"]
+    assert legend.startswith("`protocol`: the test protocol; `runs`: ") and "`budget`" not in legend
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
+            for line in markdown.splitlines()[2:]}
+    assert rows["resnet20"][3:8] == ["2/3 finished; s2 failed", f"8.50±{math.sqrt(0.5):.2f} (mean±std of 2)",
+                                     "one run", "8.75", "Table 6"]
+    assert rows["resnet56"][3:5] == ["0/1 finished; s0 running", ""] and rows["plain20"][4] == "12.00 (1 run)"
+    fashion = table_of(experiment)
+    fashion = fashion[fashion.net == "plain20"].assign(reference=float("nan"), **{"reference source": ""})
+    header = format_table(fashion).split("\n\n")[1].splitlines()[0]
+    assert "paper" not in header and "reference" not in header and "difference" not in header
 
 
 def test_best_of_n_and_mean_std_are_each_compared_with_their_own_statistic(tmp_path):
@@ -75,8 +98,10 @@ def test_best_of_n_and_mean_std_are_each_compared_with_their_own_statistic(tmp_p
         make_run(root, f"resnet110-s{seed}", "resnet110", seed, "finished", [error])
     rows = table_of(root)
     assert rows.statistic.tolist() == ["best of 5", "mean±std of 5"]
-    assert rows.ours.tolist() == ["6.40 (best of 5)", "6.80±0.32 (mean±std of 5)"]
-    assert rows.paper.tolist() == ["6.43", "6.61±0.16"]
+    assert rows.ours.tolist() == pytest.approx([6.40, 6.80])  # the best, then the mean
+    assert rows.paper.tolist() == [6.43, 6.61] and rows["paper std"].tolist()[1] == 0.16
+    assert "| 6.40 (best of 5) " in format_table(rows) and "| 6.80±0.32 (mean±std of 5) | mean±std of 5 | 6.61±0.16 |" \
+        in format_table(rows)
     assert rows.difference.tolist() == pytest.approx([6.40 - 6.43, 6.80 - 6.61])
 
 
@@ -88,10 +113,11 @@ def test_table3_rows_are_keyed_by_shortcut_and_protocol(tmp_path):
                  evaluations={"center": 0.30, "ten_crop": 0.28})
     table = table_of(root)
     ten_crop = table[table.protocol == "ten_crop"].set_index("net")
-    assert ten_crop.paper.to_dict() == {"plain34": "28.54", "resnet34-A": "25.03", "resnet34-B": "24.52",
-                                        "resnet34-C": "24.19"}
-    assert ten_crop.loc["resnet34-B", "reference"] == "24.76"  # fb.resnet.torch, B shortcuts, 10-crop
-    assert (table[table.protocol == "center"].paper == "").all()  # the paper has no centre-crop numbers
+    assert ten_crop.paper.to_dict() == {"plain34": 28.54, "resnet34-A": 25.03, "resnet34-B": 24.52,
+                                        "resnet34-C": 24.19}
+    assert ten_crop.shortcut.fillna("").to_dict() == {"plain34": "", "resnet34-A": "A", "resnet34-B": "B", "resnet34-C": "C"}
+    assert ten_crop.loc["resnet34-B", "reference"] == 24.76  # fb.resnet.torch, B shortcuts, 10-crop
+    assert table[table.protocol == "center"].paper.isna().all()  # the paper has no centre-crop numbers
 
 
 def test_a_resumed_runs_relogged_step_keeps_its_last_value(experiment):
@@ -246,5 +272,6 @@ def test_the_same_table_from_wandb_runs(monkeypatch):
     runs, evaluated, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
     assert asked == {"path": "me/resnet-repro", "filters": {"group": "cifar10-mini"}}
     row = error_table(runs, evaluated).iloc[0]
-    assert row["runs"] == "1/2 finished; s1 failed" and row["ours"] == "8.50 (1 run)"
-    assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == "8.75"
+    assert (row["finished"], row["runs"], row["unfinished"], row["n"]) == (1, 2, "s1 failed", 1)
+    assert row["ours"] == pytest.approx(8.5)
+    assert row["params"] == 269_722 and row["train error"] == pytest.approx(5.0) and row["paper"] == 8.75

@@ -69,20 +69,21 @@ def test_a_miniature_goes_end_to_end_into_its_report(name, smoke_runs, tmp_path)
     assert manifest["smoke"] and manifest["protocols"] == experiment.protocols and experiment.protocols
     out = tmp_path / "report"
     main(["report", str(folder), "--out", str(out)])
-    table = pd.read_csv(out / "table.csv", dtype={"paper": str}, keep_default_na=False)
+    table = pd.read_csv(out / "table.csv")
     nets = {run.name.rsplit("-s", 1)[0] for run in experiment.runs}
     assert set(table.net) == nets  # every run, including those taken from another experiment
     for net, rows in table.groupby("net"):
         seeds = sum(run.name.rsplit("-s", 1)[0] == net for run in experiment.runs)
-        assert (rows.runs == f"{seeds}/{seeds} finished").all(), rows.runs
+        assert (rows.runs == seeds).all() and (rows.finished == seeds).all(), rows.runs
         for protocol in experiment.protocols:  # evaluated under each protocol of the experiment, with a number
             evaluated = rows[(rows.protocol == protocol) & (rows.metric == "top-1")]
-            assert len(evaluated) and (evaluated.ours != "").all(), (net, protocol)
-    shown = {(r.net, r.protocol, r.statistic): r.paper for r in table.itertuples() if r.metric == "top-1"}
+            assert len(evaluated) and evaluated.ours.notna().all(), (net, protocol)
+    shown = {(r.net, r.protocol, r.statistic): f"{r.paper:.2f}" + (f"±{r['paper std']:.2f}" if r["paper std"] > 0 else "")
+             for _, r in table.iterrows() if r.metric == "top-1" and pd.notna(r.paper)}
     for key, number in PAPER.get(name, {}).items():
         assert shown[key] == number, key
     if name not in PAPER:  # plain nets and other datasets: no paper number to compare with
-        assert (table.paper == "").all()
+        assert table.paper.isna().all()
     assert "A miniature (`run --smoke`)" in (out / "README.md").read_text()
 
 

@@ -9,32 +9,44 @@ from ..stats import bootstrap_difference, verdict
 from .collect import final_train_window
 
 
-def describe_runs(group: pd.DataFrame) -> str:
-    """'2/3 finished; s2 failed': every run of the row is accounted for, the unfinished ones by name."""
-    finished = (group.status == "finished").sum()
-    others = [f"s{int(r.seed)} {r.status}" if pd.notna(r.seed) else f"{r.run} {r.status}"
-              for r in group.itertuples() if r.status != "finished"]
-    return "; ".join([f"{finished}/{len(group)} finished", *others])
+NAN = float("nan")
+COLUMNS = ["net", "shortcut", "budget", "protocol", "metric", "runs", "finished", "unfinished", "n", "mean", "std",
+           "best", "ours", "statistic", "paper", "paper std", "source", "difference", "reference", "reference source",
+           "train error", "test images", "params", "iterations"]
+# table.md's columns, each with the line that says what it holds; one is shown only where some row has a value
+SHOWN = {
+    "net": "",
+    "budget": "the fraction of the paper's schedule trained (the paper's number then stands beside ours as context)",
+    "protocol": "the test protocol",
+    "metric": "",
+    "runs": "finished runs of all, the others named",
+    "ours": "our error in percent, as the paper's statistic: best of N beside a best of N, mean±std (ddof=1) "
+            "beside a mean±std, the mean beside one run",
+    "statistic": "the paper's statistic",
+    "paper": "the paper's number",
+    "source": "its table",
+    "difference": "ours minus the paper's, in points",
+    "reference": "a well-known reproduction's number under the same protocol",
+    "reference source": "that reproduction",
+    "train error": "the mean training error over the last 5% of iterations (percent)",
+    "test images": "the images each error is over",
+    "params": "",
+    "iterations": "",
+}
 
 
-def ours_as(statistic: str, errors: pd.Series) -> tuple[str, float]:
-    """Our errors (percent, one per finished seed) as the paper's statistic: (text, the number compared)."""
-    n = len(errors)
-    if n == 0:
-        return "", float("nan")
-    if statistic.startswith("best of"):
-        return f"{errors.min():.2f} (best of {n})", errors.min()
-    if n == 1:
-        return f"{errors.iloc[0]:.2f} (1 run)", errors.iloc[0]
-    return f"{errors.mean():.2f}±{errors.std(ddof=1):.2f} (mean±std of {n})", errors.mean()
+def unfinished(group: pd.DataFrame) -> str:
+    """'s2 failed; s3 running': the runs of a row that are not finished, by seed (or by name)."""
+    return "; ".join(f"s{int(r.seed)} {r.status}" if pd.notna(r.seed) else f"{r.run} {r.status}"
+                     for r in group.itertuples() if r.status != "finished")
 
 
 def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
-    """One row per (net, test protocol, metric, paper statistic), in percent, over the finished runs' latest
-    evaluation under that protocol. A paper number that is the best of N is set beside our best, a mean±std
-    beside our mean±std, a single run beside our mean (the only estimate of one run's value we have). A run at a
-    budget (a fraction of the paper's schedule) is never compared: the paper's number stands beside it as
-    context, marked so, with no difference."""
+    """One row per (net, test protocol, metric, paper statistic), errors in percent, one number per cell, over
+    the finished runs' latest evaluation under that protocol: their number n, mean, std (ddof=1) and best, and
+    `ours`, the one compared with the paper's number of the same statistic: our best beside a best of N, our
+    mean beside a mean±std or a single run (the only estimate of one run's value we have). A run at a budget (a
+    fraction of the paper's schedule) is never compared: the paper's number stands beside it, with no difference."""
     rows = []
     for group_name, group in runs.groupby("group", sort=False):
         if (group.status == "not started").all():  # listed in experiment.json, nothing to say yet: the README lists it
@@ -44,46 +56,71 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
         for protocol in results.protocol.unique() if len(results) else [None]:
             here = results[results.protocol == protocol]
             budget = first.budget if isinstance(first.budget, str) else None  # None: the full schedule
-            base = {"net": group_name, "budget": budget or "full", "protocol": protocol or "not evaluated",
-                    "runs": describe_runs(group),
-                    "train error": 100 * done.train_error.mean(), "params": first.params,
-                    "iterations": done.steps.max() if len(done) else first.max_steps,
-                    "test images": here.images.max() if len(here) else float("nan")}
             # the option as built, the family's default filled in
-            shortcut = get_spec(first.model).shortcut(first.shortcut) if protocol else None
+            shortcut = get_spec(first.model).shortcut(first.shortcut)
+            base = {"net": group_name, "shortcut": shortcut, "budget": budget or "full",
+                    "protocol": protocol or "not evaluated", "runs": len(group), "finished": len(done),
+                    "unfinished": unfinished(group), "train error": 100 * done.train_error.mean(),
+                    "test images": here.images.max() if len(here) else NAN, "params": first.params,
+                    "iterations": done.steps.max() if len(done) else first.max_steps}
             papers = paper_numbers(first.data, first.model, shortcut, protocol) if protocol else []
-            reference = reference_number(first.data, first.model, shortcut, protocol) if protocol else None
+            reference = (reference_number(first.data, first.model, shortcut, protocol) if protocol else None) or {}
             for metric, column, key in [("top-1", "error", "top1"), ("top-5", "top5_error", "top5")]:
                 errors = 100 * here[column].dropna()
                 if metric == "top-5" and errors.empty:
                     continue
+                n = len(errors)
+                ours = {"n": n, "mean": errors.mean() if n else NAN, "std": errors.std(ddof=1) if n > 1 else NAN,
+                        "best": errors.min() if n else NAN}
                 for paper in [p for p in papers if key in p] or [{}]:
                     statistic = paper.get("statistic", "")
-                    text, value = ours_as(statistic, errors)
-                    number = paper.get(key)
-                    paper_text = (f"{number:.2f}±{paper['top1_std']:.2f}" if "top1_std" in paper and key == "top1"
-                                  else f"{number:.2f}") if number is not None else ""
-                    if budget and paper_text:
-                        paper_text += " (full schedule: context, not comparable)"
-                    rows.append({**base, "metric": metric, "ours": text, "statistic": statistic, "paper": paper_text,
+                    compared = ours["best"] if statistic.startswith("best of") else ours["mean"]
+                    number = paper.get(key, NAN)
+                    rows.append({**base, "metric": metric, **ours, "ours": compared, "statistic": statistic,
+                                 "paper": number, "paper std": paper.get("top1_std", NAN) if key == "top1" else NAN,
                                  "source": paper.get("source", ""),
-                                 "difference": value - number if number is not None and not budget else float("nan"),
-                                 "reference": f"{reference[key]:.2f}" if reference and key in reference else "",
-                                 "reference source": reference["source"] if reference and key in reference else ""})
-    columns = ["net", "budget", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
-               "reference", "reference source", "train error", "test images", "params", "iterations"]
-    return pd.DataFrame(rows, columns=columns)
+                                 "difference": NAN if budget else compared - number,
+                                 "reference": reference.get(key, NAN),
+                                 "reference source": reference["source"] if key in reference else ""})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def ours_text(row: pd.Series) -> str:
+    n, mean = row["n"], row["mean"]
+    if n == 0:
+        return ""
+    if row["statistic"].startswith("best of"):
+        return f"{row['best']:.2f} (best of {n})"
+    return f"{mean:.2f} (1 run)" if n == 1 else f"{mean:.2f}±{row['std']:.2f} (mean±std of {n})"
+
+
+def paper_text(row: pd.Series) -> str:
+    if pd.isna(row["paper"]):
+        return ""
+    text = f"{row['paper']:.2f}" + (f"±{row['paper std']:.2f}" if pd.notna(row["paper std"]) else "")
+    return text + (" (full schedule: context, not comparable)" if row["budget"] != "full" else "")
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Markdown with numbers to two decimals; empty cells where there is nothing to show."""
-    shown = table.astype(object).where(table.notna(), "")
-    for column in ("difference", "train error"):
-        shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{x:+.2f}" if column == "difference"
-                                          else f"{x:.2f}")
-    for column in ("params", "iterations", "test images"):
-        shown[column] = table[column].map(lambda x: "" if pd.isna(x) else f"{int(x):,}")
-    return shown.to_markdown(index=False, disable_numparse=True)  # keep "3.00" as written
+    """Markdown, numbers to two decimals, with a column only where some row has a value (the budget only where a
+    row has one), under one line that says what the columns shown hold."""
+    def number(format_):
+        return lambda x: "" if pd.isna(x) else format_.format(x)
+
+    shown = pd.DataFrame({
+        "net": table.net, "budget": table.budget.where(table.budget != "full", ""), "protocol": table.protocol,
+        "metric": table.metric,
+        "runs": [f"{r.finished}/{r.runs} finished" + (f"; {r.unfinished}" if r.unfinished else "")
+                 for r in table.itertuples()],
+        "ours": [ours_text(row) for _, row in table.iterrows()], "statistic": table.statistic,
+        "paper": [paper_text(row) for _, row in table.iterrows()], "source": table.source,
+        "difference": table.difference.map(number("{:+.2f}")), "reference": table.reference.map(number("{:.2f}")),
+        "reference source": table["reference source"], "train error": table["train error"].map(number("{:.2f}")),
+        **{column: table[column].map(number("{:,.0f}")) for column in ("test images", "params", "iterations")},
+    }, columns=list(SHOWN)).fillna("")
+    shown = shown[[column for column in shown if (shown[column] != "").any()]]
+    legend = "; ".join(f"`{column}`: {SHOWN[column]}" for column in shown if SHOWN[column])
+    return f"{legend}.\n\n{shown.to_markdown(index=False, disable_numparse=True)}"  # keep "3.00" as written
 
 
 def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:

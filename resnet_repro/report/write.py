@@ -25,7 +25,7 @@ def write_report(folders: list[Path], out: Path, command: str, wandb_project: st
     table = error_table(runs, evaluated)
     markdown = "\n".join([format_table(table), "", *(f"- {line}" for line in findings(runs, curves))])
     with staged(out) as folder:
-        table.to_csv(folder / "table.csv", index=False)
+        table.to_csv(folder / "table.csv", index=False, float_format="%.6g")  # 6 digits: 7.0, not 7.000000000000002
         (folder / "table.md").write_text(markdown + "\n")
         figure = training_curves(runs, curves)
         figure.savefig(folder / "curves.png", dpi=120)
@@ -57,12 +57,11 @@ def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
     return (f"# Report of {', '.join(f'`{f}`' for f in folders)}{at_budget}\n\n{warning}Made by `{command}` from these runs:\n\n"
             f"{listed}\n\nErrors are in percent, each under a named test protocol (`single_view`: each CIFAR test "
             f"image once, Table 6; `ten_crop`: Tables 2 and 3; `multi_scale`: Table 4; `center`: no paper number), "
-            f"from each run's latest evaluation under it, and set beside the paper's number of the same statistic: "
-            f"our best of N beside a best of N, our mean±std (ddof=1) beside a mean±std, our mean beside a single "
-            f"run. `reference`: a well-known reproduction under the same protocol. `train error`: the mean training "
-            f"error over the last 5% of iterations, on which the paper's findings are checked with a 95% bootstrap "
-            f"interval over seeds and iterations (\"holds\" only when the interval excludes no difference). "
-            f"`curves.png`: training error dashed, test (CIFAR) or validation (ImageNet) error bold.\n\n{markdown}\n")
+            f"from each run's latest evaluation under it. The paper's findings are checked on the training error of "
+            f"the last 5% of iterations with a 95% bootstrap interval over seeds and iterations (\"holds\" only when "
+            f"the interval excludes no difference). `table.csv`: the same rows, one number per cell (n, mean, std, "
+            f"best, ours, paper, paper std, difference, ...). `curves.png`: training error dashed, test (CIFAR) or "
+            f"validation (ImageNet) error bold.\n\n{markdown}\n")
 
 
 def report_command(argv: list[str]) -> None:
