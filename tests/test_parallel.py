@@ -118,7 +118,8 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     main(["run", str(path), "--runs-root", str(root), "--launcher", "slurm", "--parallel", "2"])
     job = (folder / "job.sbatch").read_text().splitlines()
     assert "#SBATCH --array=0-1%2" in job and "#SBATCH --requeue" in job and "#SBATCH --signal=SIGUSR1@90" in job
-    assert job[job.index("  0)  # resnet20-s0") + 2].startswith("    srun --kill-on-bad-exit=1 resnet-repro fit ")
+    task = job[job.index("  0)  # resnet20-s0"):job.index("  1)  # resnet20-B-s0")]
+    assert [line for line in task if line.startswith("    srun ")][0].startswith("    srun --kill-on-bad-exit=1 resnet-repro fit ")
     assert "  1)  # resnet20-B-s0" in job and "plain20-s0" not in "\n".join(job)
 
     write_experiment(tmp_path / "sweep", [WANDB])  # the same runs, without the kill and the pause
