@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .batchnorm import PreciseBN
-from .data import check_protocols, data_module_class  # imported, its data modules are the subclasses --help lists
+from .data import check_protocols, data_module_class, image_side  # imported, its data modules are the subclasses --help lists
 from .errors import AlreadyFinished
 from .files import read_yaml, write_atomically, write_json_atomically
 from .hardware import device_name
@@ -267,10 +267,10 @@ class RunCLI(LightningCLI):
     def before_fit(self) -> None:
         hparams = self.model.hparams
         net = meta_model(hparams.model, hparams.shortcut, hparams.num_classes)  # the same net, shapes only
+        side = image_side(lambda name: getattr(self.datamodule, name, None), get_spec(hparams.model).input_size)
         if rank_zero_only.rank == 0:
             print(f"{hparams.model}: {net.num_layers} layers, {count_params(net):,} parameters, "
-                  f"{count_macs(net, get_spec(hparams.model).input_size) / 1e6:,.2f}M multiply-adds per image "
-                  f"(forward)")
+                  f"{count_macs(net, side) / 1e6:,.2f}M multiply-adds per {side}x{side} image (forward)")
 
     def after_fit(self) -> None:
         self.evaluate(self.command_config.protocols)

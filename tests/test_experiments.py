@@ -49,10 +49,11 @@ def test_dry_run_prints_each_run_with_its_cost_and_command(capsys):
     main(["run", str(REPO / "experiments/demo.yaml"), "--dry-run"])
     out = capsys.readouterr().out
     assert "3 x forward" in out
-    for name, model in [("plain20-s0", "plain20"), ("plain56-s0", "plain56"), ("resnet56-s0", "resnet56")]:
-        assert f"{name}: {model}, 300 iterations of 128" in out
-        assert f"--run_dir runs/demo/{name} --seed_everything 0" in out
-    assert "269,722 params" in out  # plain-20
+    for name, model, seed in [("plain20-s0", "plain20", 0), ("plain56-s2", "plain56", 2), ("resnet56-s1", "resnet56", 1)]:
+        assert f"{name}: {model}, 150 iterations of 128" in out
+        assert f"--run_dir runs/demo/{name} --seed_everything {seed}" in out
+    # plain-20 on the 8x8 digits: 2,535,040 multiply-adds per image (16x fewer than at 32x32), x 3 x 128 x 150
+    assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs" in out
 
 
 def test_dry_run_names_the_bn_groups_at_each_world_size(tmp_path, capsys):
@@ -151,7 +152,7 @@ def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     ({"grid": {"model.model": ["resnet20"]}, "evaluate": ["ten_crop"]},
      "tiny.yaml: run resnet20-s0: --protocols: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet21-s0"]}]},
-     "tiny.yaml: experiments/demo.yaml has no run resnet21-s0: its runs are plain20-s0, plain56-s0"),
+     "tiny.yaml: experiments/demo.yaml has no run resnet21-s0: its runs are plain20-s0, plain20-s1"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet20-s0"]}], "evaluate": ["ten_crop"]},
      "tiny.yaml: run resnet20-s0: evaluate: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
 ])

@@ -2,6 +2,7 @@
 loads neither torch nor Lightning, and the public surface resolves."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import resnet_repro
 from resnet_repro.cli import COMMANDS, main
 
 PACKAGE = Path(resnet_repro.__file__).parent
+REPO = PACKAGE.parent
 
 
 def module_name(path: Path) -> str:
@@ -79,3 +81,13 @@ def test_an_unknown_command_is_refused_in_one_line_naming_the_valid_ones():
         main(["fly"])
     assert stop.value.code == f"resnet-repro: unknown command 'fly': valid commands are {', '.join(COMMANDS)}"
     assert list(COMMANDS) == ["fit", "validate", "test", "models", "run", "report", "responses", "bench"]
+
+
+def test_the_results_index_lists_every_folder_of_results_and_a_command_that_exists():
+    index = (REPO / "results" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w.-]+)/` \| .* \| (.+) \|$", index, re.M))
+    assert set(rows) == {p.name for p in (REPO / "results").iterdir() if p.is_dir()}
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
+    for folder, command in rows.items():
+        target = re.fullmatch(r"`make ([\w-]+)`", command)
+        assert (target and target[1] in targets) or (REPO / "results" / folder / "README.md").is_file(), folder

@@ -27,7 +27,7 @@ from conftest import REPO, train_rows, write_cifar10
 from mutate_recipe import MUTANTS, problems
 from resnet_repro.batchnorm import GhostBatchNorm2d
 from resnet_repro.train import ConfigCheck, build_cli
-from resnet_repro.data import fashion_mnist, imagenet as imagenet_data
+from resnet_repro.data import DigitsDataModule, fashion_mnist, imagenet as imagenet_data
 from resnet_repro.data.imagenet import EIGENVALUES, EIGENVECTORS, MEAN, PCALighting
 from resnet_repro.experiments import load_experiment
 from resnet_repro.models import build_model, get_spec, list_models
@@ -208,8 +208,8 @@ def test_every_experiment_keeps_its_recipes_numbers():
             config = build_cli(run.fit_args(Path("runs/x/y")), run=False, cli_class=ConfigCheck).config
             family = "imagenet" if get_spec(config.model.model).input_size == 224 else "cifar10"
             milestones, max_steps, batch_size = SCHEDULES[family]
-            if path.name == "demo.yaml":  # the digits recipe at lr 0.02 (README, Deviations)
-                milestones, max_steps, lr = [150, 225], 300, 0.02
+            if path.name == "demo.yaml":  # the digits recipe at lr 0.02, half its schedule (README, Deviations)
+                milestones, max_steps, lr = [75, 112], 150, 0.02
             else:
                 lr = LR
             assert (config.model.lr, config.model.momentum, config.model.weight_decay, config.model.lr_decay) == \
@@ -289,6 +289,17 @@ def test_the_test_view_is_the_single_original_image_less_the_mean(small_images, 
         images, labels = (torch.cat(parts) for parts in zip(*loader))
         torch.testing.assert_close(images.double(), data.splits[split][0].double() / 255 - mean, rtol=0, atol=1e-6)
         assert torch.equal(labels, data.splits[split][1]), split
+
+
+def test_the_digits_at_their_own_8x8_are_sklearns_grey_levels_with_a_1_pixel_padding():
+    data = DigitsDataModule(image_size=8)
+    data.setup("fit")
+    images = torch.cat([data.splits[split][0] for split in ("train", "val", "test")])
+    assert images.shape == (1797, 3, 8, 8) and data.pad == 1  # 4 pixels of 32, in proportion
+    levels = torch.from_numpy(load_digits().images).float() * 255 / 16
+    assert torch.equal(images[:, 0].sort(0).values, levels.round().to(torch.uint8).sort(0).values)
+    batch, _ = next(iter(data.train_dataloader()))
+    assert batch.shape == (128, 3, 8, 8)
 
 
 def test_the_digits_grey_levels_0_to_16_upsampled_to_32x32_grey_rgb_images(small_images):

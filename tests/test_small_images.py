@@ -29,13 +29,13 @@ def labelled(n: int):
 
 def test_ranks_get_disjoint_parts_of_every_global_batch_and_batches_depend_only_on_the_step():
     images, ids, mean = labelled(100)
-    whole = TrainBatches(images, ids, mean, 16, 0, 1, seed=3, first_step=lambda: 0)
-    ranks = [TrainBatches(images, ids, mean, 16, r, 2, seed=3, first_step=lambda: 0) for r in range(2)]
+    whole = TrainBatches(images, ids, mean, 16, 0, 1, seed=3, first_step=lambda: 0, pad=4)
+    ranks = [TrainBatches(images, ids, mean, 16, r, 2, seed=3, first_step=lambda: 0, pad=4) for r in range(2)]
     for step in [0, 5, 6, 13]:  # 6 batches per epoch: 6 and 13 are in later epochs
         halves = [rank.batch(step)[1] for rank in ranks]
         assert not set(halves[0].tolist()) & set(halves[1].tolist())
         assert torch.equal(torch.cat(halves), whole.batch(step)[1])
-    fresh = TrainBatches(images, ids, mean, 16, 0, 1, seed=3, first_step=lambda: 13)
+    fresh = TrainBatches(images, ids, mean, 16, 0, 1, seed=3, first_step=lambda: 13, pad=4)
     x, y = next(iter(fresh))
     assert torch.equal(y, whole.batch(13)[1]) and torch.equal(x, whole.batch(13)[0])
     epoch = torch.cat([whole.batch(s)[1] for s in range(6)])

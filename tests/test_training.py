@@ -267,7 +267,7 @@ def test_fit_prints_the_nets_exact_counts_and_not_lightnings_zero_flops(tmp_path
           "--model.model", "resnet56", "--trainer.max_steps", "1", "--protocols", "[]", "--wandb", "false",
           "--trainer.enable_progress_bar", "false"])  # the recipe's summary setting, as a user's fit has it
     out = capsys.readouterr().out
-    assert "resnet56: 56 layers, 853,018 parameters, 125.49M multiply-adds per image (forward)" in out
+    assert "resnet56: 56 layers, 853,018 parameters, 125.49M multiply-adds per 32x32 image (forward)" in out
     assert "FLOPs" not in out
 
 

@@ -12,7 +12,7 @@ from .imagenet import ImageNetDataModule
 from .small_images import SmallImageDataModule
 
 __all__ = ["CIFAR10DataModule", "DigitsDataModule", "FashionMNISTDataModule", "ImageNetDataModule", "SmallImageDataModule",
-           "check_protocols", "data_module_class", "standin_writer"]
+           "check_protocols", "data_module_class", "image_side", "standin_writer"]
 
 # Each data set's writer of small stand-in data in its real on-disk format (the miniatures and the tests read it
 # through the data module's own reader), by data module
@@ -46,3 +46,9 @@ def check_protocols(data: type[L.LightningDataModule], protocols: list[str]) -> 
 
 def standin_writer(data: type[L.LightningDataModule]) -> Callable:
     return STANDIN_WRITERS[data]
+
+
+def image_side(setting: Callable[[str], object], default: int) -> int:
+    """The side of the images a data module feeds the net, from its settings (`setting(name)`, None when unset):
+    the digits' `image_size`, ImageNet's `crop_size`, else `default`, the side the net was designed for."""
+    return setting("image_size") or setting("crop_size") or default

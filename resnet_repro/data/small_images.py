@@ -35,7 +35,7 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor.to(device)
 
 
-def pad_crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+def pad_crop_flip(images: Tensor, generator: torch.Generator, pad: int) -> Tensor:
     """Pad by `pad` zeros on each side, crop back to the original size at a random offset, flip half of
     the images horizontally: one gather for the whole batch. The random draws come from a CPU generator, so
     a batch is the same on every kind of device."""
@@ -67,8 +67,8 @@ class TrainBatches:
     """
 
     def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, batch_size: int, rank: int, world_size: int,
-                 seed: int, first_step):
-        self.images, self.labels, self.mean = images, labels, mean
+                 seed: int, first_step, pad: int):
+        self.images, self.labels, self.mean, self.pad = images, labels, mean, pad
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.first_step = first_step  # a callable: the trainer's global step when iteration starts (resume)
         self.batches_per_epoch = len(images) // batch_size
@@ -85,7 +85,7 @@ class TrainBatches:
         start = i * self.batch_size + self.rank * per_rank
         index = self._order[start:start + per_rank]
         images = normalize(self.images[index], self.mean)
-        return pad_crop_flip(images, generator_for(self.seed, 1, step, self.rank)), self.labels[index]
+        return pad_crop_flip(images, generator_for(self.seed, 1, step, self.rank), self.pad), self.labels[index]
 
     def __iter__(self):
         step = self.first_step()
@@ -148,7 +148,8 @@ def normalize(images: Tensor, mean: Tensor) -> Tensor:
 
 
 class SmallImageDataModule(L.LightningDataModule):
-    """A dataset of 3x32x32 uint8 images split into train/val/test, resident on the training device.
+    """A dataset of small 3 x H x W uint8 images (32 x 32 but for the digits at their own size) split into
+    train/val/test, resident on the training device.
 
     `load_arrays` (per dataset) returns the training pool and the test set; the validation set is a fixed
     part of the training pool, chosen by `split_seed` alone so that every rank and every run agree.
@@ -165,6 +166,7 @@ class SmallImageDataModule(L.LightningDataModule):
     """
 
     split_seed = 0
+    pad = 4  # the paper's padding of 32 x 32 images before the random crop
     eval_protocol = "single_view"  # the paper's CIFAR-10 test: each original test image, once
     protocols = ("single_view",)
 
@@ -176,7 +178,7 @@ class SmallImageDataModule(L.LightningDataModule):
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(train images N x 3 x 32 x 32 uint8, train labels int64, test images, test labels)."""
+        """(train images N x 3 x H x W uint8, train labels int64, test images, test labels)."""
         raise NotImplementedError
 
     def use_protocol(self, protocol: str) -> None:
@@ -214,7 +216,7 @@ class SmallImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TrainBatches:
         rank, world_size = self.rank_and_world_size
         return TrainBatches(*self.splits["train"], self.mean, self.batch_size, rank, world_size, self.seed,
-                            first_step=self.first_step)
+                            first_step=self.first_step, pad=self.pad)
 
     def first_step(self) -> int:
         return first_step(self.trainer)

@@ -15,6 +15,7 @@ from pathlib import Path
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..batchnorm import bn_groups
+from ..data import image_side
 from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, shown
 from ..models import get_spec
 from ..models.size import count_macs, count_params
@@ -163,7 +164,8 @@ def describe(run: Run, command: str, world_size: int) -> str:
     net = build_on_meta(run)
     model = run.setting("model.model")
     steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
-    flops = 3 * count_macs(net, get_spec(model).input_size) * batch * steps
+    side = image_side(lambda name: run.setting(f"data.init_args.{name}"), get_spec(model).input_size)
+    flops = 3 * count_macs(net, side) * batch * steps
     switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
                 for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
     bn, shrunk = bn_groups(run.setting("model.bn_group_size"), batch, world_size)
