@@ -91,3 +91,16 @@ def test_the_results_index_lists_every_folder_of_results_and_a_command_that_exis
     for folder, command in rows.items():
         target = re.fullmatch(r"`make ([\w-]+)`", command)
         assert (target and target[1] in targets) or (REPO / "results" / folder / "README.md").is_file(), folder
+
+
+def test_the_committed_demo_notebooks_are_the_stored_ones_executed_with_their_figures():
+    import nbformat
+
+    for stored in sorted((REPO / "notebooks").glob("*.ipynb")):
+        executed = nbformat.read(REPO / "results" / "demo-notebooks" / stored.name, as_version=4)
+        source = nbformat.read(stored, as_version=4)
+        assert [cell.source for cell in executed.cells] == [cell.source for cell in source.cells], stored.name
+        code = [cell for cell in executed.cells if cell.cell_type == "code"]
+        assert all(cell.execution_count for cell in code), f"{stored.name}: not every cell was executed"
+        assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+        assert any("image/png" in o.get("data", {}) for cell in code for o in cell.outputs), stored.name
