@@ -1,4 +1,4 @@
-"""The switches for what the paper leaves implicit (README, Deviations): each against what it claims to be."""
+"""The switches for what the paper leaves implicit (README, Switches): each against what it claims to be."""
 
 import copy
 

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 RECIPES = ("cifar10", "digits", "imagenet")  # experiments/<name>/base.yaml
 # recipe: (lr milestones, max_steps, global batch size). ImageNet's "divided by 10 when the error plateaus" is
-# fixed at Figure 4's drops (README, Deviations); the digits recipe is CIFAR-10's scaled to 300 iterations.
+# fixed at Figure 4's drops (docs/deviations.md); the digits recipe is CIFAR-10's scaled to 300 iterations.
 SCHEDULES = {"cifar10": ([32_000, 48_000], 64_000, 128), "digits": ([150, 225], 300, 128),
              "imagenet": ([150_000, 300_000, 450_000], 600_000, 256)}
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
@@ -112,7 +112,7 @@ def test_global_average_pooling_feeds_the_fully_connected_layer():
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
 def test_he_fan_in_initialisation_and_the_fc_layer_as_documented(name):
     """He et al. 2015: zero-mean Gaussian, std sqrt(2 / fan_in); the fc layer keeps PyTorch's default, uniform in
-    +-1/sqrt(fan_in) for weights and bias (README, Deviations); BN starts as the identity (scale 1, shift 0)."""
+    +-1/sqrt(fan_in) for weights and bias (docs/deviations.md); BN starts as the identity (scale 1, shift 0)."""
     torch.manual_seed(0)
     net = build_model(name)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
@@ -145,7 +145,7 @@ def test_sgd_momentum_0_9_weight_decay_1e_4_on_every_parameter_no_nesterov(recip
     optimizer = module.configure_optimizers()["optimizer"]
     assert type(optimizer) is {"pytorch": torch.optim.SGD, "caffe": CaffeSGD}[sgd_form]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    assert len(params) == len(set(params)) and set(params) == set(module.parameters())  # BN's too (README)
+    assert len(params) == len(set(params)) and set(params) == set(module.parameters())  # BN's too (docs/deviations.md)
     for group in optimizer.param_groups:
         assert (group["lr"], group["momentum"], group["weight_decay"]) == (LR, MOMENTUM, WEIGHT_DECAY)
         assert group["nesterov"] is False and group["dampening"] == 0
@@ -208,7 +208,7 @@ def test_every_experiment_keeps_its_recipes_numbers():
             config = build_cli(run.fit_args(Path("runs/x/y")), run=False, cli_class=ConfigCheck).config
             family = "imagenet" if get_spec(config.model.model).input_size == 224 else "cifar10"
             milestones, max_steps, batch_size = SCHEDULES[family]
-            if path.name == "demo.yaml":  # the digits recipe at lr 0.02, half its schedule (README, Deviations)
+            if path.name == "demo.yaml":  # the digits recipe at lr 0.02, half its schedule (docs/deviations.md)
                 milestones, max_steps, lr = [75, 112], 150, 0.02
             else:
                 lr = LR
@@ -314,7 +314,7 @@ def test_the_digits_grey_levels_0_to_16_upsampled_to_32x32_grey_rgb_images(small
 
 
 # --- ImageNet: "Shorter side resized to a random size in [256, 480]; random 224x224 crop or its horizontal flip;
-# per-pixel mean subtracted (here per channel, README); AlexNet-style colour augmentation (PCA lighting)";
+# per-pixel mean subtracted (here per channel, docs/deviations.md); AlexNet-style colour augmentation (PCA lighting)";
 # "Test: 10-crop; fully-convolutional multi-scale {224, 256, 384, 480, 640}" --------------------------------------
 
 HEIGHT, WIDTH = 300, 400  # landscape: the height is the shorter side
