@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 from .data import DigitsDataModule
 from .hardware import device_name
 from .models import build_model
+from .models.size import count_macs, meta_model
 from .module import CompileMode, ResNetClassifier
 
 
@@ -53,6 +54,24 @@ class Timer(L.Callback):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def training_rate(device: torch.device, steps: int = 3, batch: int = 64) -> float:
+    """Training multiply-adds per second (forward + backward ~ 3 x forward) of ResNet-20 on 32x32 images on
+    `device`, over `steps` SGD steps after one: the rate `run --dry-run` divides each run's FLOPs by."""
+    net = build_model("resnet20").to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    for step in range(steps + 1):
+        if step == 1:  # the first step allocates and (on a GPU) picks its kernels
+            synchronize(device)
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+    synchronize(device)
+    return 3 * count_macs(meta_model("resnet20"), 32) * batch * steps / (time.perf_counter() - start)
 
 
 def peak_memory(device: torch.device) -> str:

@@ -52,6 +52,8 @@ TRAINER_DEFAULTS = {
     # prints the net's exact parameters and multiply-adds instead (before_fit)
     "enable_model_summary": False,
 }
+# Lightning 2.6 calls a torch pytree API that torch has deprecated: printed once per run, nothing a user can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 # Settings that say where and how a run is executed, logged and checkpointed, not what it computes: a resumed run
@@ -66,8 +68,9 @@ HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "acce
                 "trainer.num_sanity_val_steps", "trainer.profiler", "model.channels_last", "model.compile_mode",
                 "precise_bn_batches",  # evaluation only: what is tested, not what is trained
                 "data.init_args.data_dir", "data.init_args.download", "data.init_args.num_workers",
-                "data.init_args.eval_batch_size", "data.init_args.eval_mode", "data.init_args.scales")
-# The recipe settings for what the paper leaves implicit (README, Deviations): `run --dry-run` names a run's that
+                "data.init_args.eval_batch_size", "data.init_args.eval_mode", "data.init_args.scales",
+                "data.init_args.ten_crop_of")
+# The recipe settings for what the paper leaves implicit (README, Switches): `run --dry-run` names a run's that
 # differ from its recipe.
 FIDELITY_SWITCHES = ("data.init_args.train_on_all", "model.bn_group_size", "model.warmup", "model.sgd_form",
                      "precise_bn_batches", "trainer.deterministic")

@@ -1,6 +1,7 @@
 """`resnet-repro run`: experiment files expand into named runs, launch, resume after a kill, or become scripts."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import yaml
 
 from conftest import REPO, cli_error, run_cli, summary
 from resnet_repro.cli import main
+from resnet_repro.data import cifar10
 from resnet_repro.experiments import load_experiment
+from resnet_repro.launch import command as launch_command
 
 EXPERIMENT_FILES = sorted(path for path in (REPO / "experiments").rglob("*.yaml") if path.name != "base.yaml")
 TINY = {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
@@ -45,15 +48,52 @@ def test_table6_expands_into_named_runs():
     assert {run.experiment for run in table3.runs[-2:]} == {"imagenet-table2"}  # Table 2's runs, not trained twice
 
 
-def test_dry_run_prints_each_run_with_its_cost_and_command(capsys):
+def test_dry_run_prints_each_run_with_its_cost_and_command(capsys, monkeypatch):
+    monkeypatch.setattr(launch_command, "training_rate", lambda device: 1e9)  # 1 G multiply-adds/s
     main(["run", str(REPO / "experiments/demo.yaml"), "--dry-run"])
     out = capsys.readouterr().out
-    assert "3 x forward" in out
+    assert "3 x forward" in out and "(1 G multiply-adds/s x its devices)" in out
+    assert "ResNet-20 on 32x32 images measured now in 3 steps of 64 on " in out and "data:" not in out  # embedded
+    # 1.46e11 multiply-adds at 1e9 a second; the 12 runs' total
+    assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs, about 2.4 min on " \
+           "1 device(s) here" in out
+    total = sum(float(flops) for flops in re.findall(r"params, (\S+) training FLOPs", out)) / 1e9
+    assert out.splitlines()[-1] == f"total: about {total / 60:.1f} min of training, one run after another on this machine"
+    assert ("  recipe settings that move its number: trainer.precision 32-true; data.init_args.train_on_all false; "
+            "model.bn_group_size null; model.warmup null; model.sgd_form \"pytorch\"; precise_bn_batches 0; "
+            "trainer.deterministic false") in out
     for name, model, seed in [("plain20-s0", "plain20", 0), ("plain56-s2", "plain56", 2), ("resnet56-s1", "resnet56", 1)]:
         assert f"{name}: {model}, 150 iterations of 128" in out
         assert f"--run_dir runs/demo/{name} --seed_everything {seed}" in out
     # plain-20 on the 8x8 digits: 2,535,040 multiply-adds per image (16x fewer than at 32x32), x 3 x 128 x 150
     assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs" in out
+
+
+def test_the_rate_of_the_wall_time_estimate_is_measured_on_this_machine():
+    rate = launch_command.training_rate(torch.device("cpu"))
+    assert 1e8 < rate < 1e13  # multiply-adds per second of a 2-core CPU, give or take a few orders
+
+
+def test_missing_data_is_one_line_before_any_work(tmp_path, capsys):
+    # Table 6 on a folder without CIFAR-10: the dry run says it will be downloaded; without download a run refuses
+    for download, expected in [(True, "downloaded from https://"), (False, "download https://")]:
+        path = write_experiment(tmp_path, recipe="experiments/cifar10/base.yaml", runs=[{"model.model": "resnet20"}],
+                                overrides={"data.init_args.data_dir": str(tmp_path / "nothing"),
+                                           "data.init_args.download": download})
+        main(["run", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs")])
+        [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
+        assert line.startswith(f"data: CIFAR-10 is not in {tmp_path / 'nothing' / 'cifar-10-batches-py'}: {expected}")
+    message = cli_error("run", str(path), "--runs-root", str(tmp_path / "runs"))
+    assert message == (f"resnet-repro run: CIFAR-10 is not in {tmp_path / 'nothing' / 'cifar-10-batches-py'}: download "
+                       f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
+                       f"{tmp_path / 'nothing'}, or set data.download true")
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+    # the same with the data in place (a stand-in in the real format): no data line
+    settings = cifar10.write_standin(tmp_path / "cifar")
+    path = write_experiment(tmp_path, recipe="experiments/cifar10/base.yaml", runs=[{"model.model": "resnet20"}],
+                            overrides={f"data.init_args.{key}": value for key, value in settings.items()})
+    main(["run", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs")])
+    assert "data:" not in capsys.readouterr().out
 
 
 def test_dry_run_names_the_bn_groups_at_each_world_size(tmp_path, capsys):

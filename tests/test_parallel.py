@@ -124,7 +124,10 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
 
     write_experiment(tmp_path / "sweep", [WANDB])  # the same runs, without the kill and the pause
     main(command)  # here: this process has imported everything already (its children are fresh processes)
-    assert "plain20-s0: finished, skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plain20-s0: finished, skipped" in out
+    # W&B's offline hint once, for the whole experiment (each fit's own is in its fit.log)
+    assert out.count("wandb sync") == 1 and f"wandb sync {folder}/*/wandb/offline-run-*" in out
     assert all(summary(folder / name)["status"] == "finished" for name in RUNS)
 
     # the same runs one after another, by run's own sequential loop (each fit in this process, on the CPU threads

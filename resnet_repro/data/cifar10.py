@@ -65,6 +65,13 @@ class CIFAR10DataModule(SmallImageDataModule):
     def folder(self) -> Path:
         return self.data_dir / "cifar-10-batches-py"
 
+    def missing_data(self) -> str | None:
+        """None when the batches are here; else one line saying where they go and how they come."""
+        if self.folder.is_dir():
+            return None
+        return (f"CIFAR-10 is not in {self.folder}: " + (f"downloaded from {URL} when the first run starts" if
+                self.download else f"download {URL} and extract it into {self.data_dir}, or set data.download true"))
+
     def prepare_data(self) -> None:
         folder = self.folder
         if folder.is_dir():

@@ -61,6 +61,14 @@ class FashionMNISTDataModule(SmallImageDataModule):
     def folders(self) -> list[Path]:
         return [self.data_dir / "FashionMNIST" / "raw", self.data_dir, Path(DEBIAN_DIR)]
 
+    def missing_data(self) -> str | None:
+        """None when the idx files are here; else one line saying where they go and how they come."""
+        if find_idx_files(self.folders):
+            return None
+        return (f"Fashion-MNIST is not in {self.data_dir}/FashionMNIST/raw: " + (
+            "downloaded when the first run starts" if self.download else
+            "run `make fashion-data` (Debian's dataset-fashion-mnist), or set data.download true"))
+
     def prepare_data(self) -> None:
         if find_idx_files(self.folders):
             return

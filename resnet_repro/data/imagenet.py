@@ -235,13 +235,20 @@ class ImageNetDataModule(L.LightningDataModule):
         if protocol != self.eval_mode:
             self.eval_mode, self.val_set = protocol, None
 
+    def missing_data(self) -> str | None:
+        """None when both folders are here; else one line saying where they go and how to get them."""
+        folder = next((Path(self.data_dir) / split for split in ("train", "val")
+                       if not (Path(self.data_dir) / split).is_dir()), None)
+        if folder is None:
+            return None
+        return (f"{folder} is missing: ImageNet must be laid out as <data_dir>/{{train,val}}/<class>/<image> "
+                f"(data_dir={self.data_dir}); it cannot be downloaded automatically: get ILSVRC-2012 from "
+                f"image-net.org, with val sorted into class folders")
+
     def image_folder(self, split: str, transform: v2.Compose) -> ImageFolder:
         folder = Path(self.data_dir) / split
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is missing: ImageNet must be laid out as <data_dir>/{{train,val}}/"
-                                    f"<class>/<image> (data_dir={self.data_dir}); it cannot be downloaded "
-                                    f"automatically: get ILSVRC-2012 from image-net.org, with val sorted into "
-                                    f"class folders")
+            raise FileNotFoundError(self.missing_data())
         return ImageFolder(str(folder), transform=transform, loader=read_image)
 
     def setup(self, stage: str) -> None:

@@ -181,6 +181,11 @@ class SmallImageDataModule(L.LightningDataModule):
         """(train images N x 3 x H x W uint8, train labels int64, test images, test labels)."""
         raise NotImplementedError
 
+    def missing_data(self) -> str | None:
+        """None when the data set is on this machine (the digits always are); else one line saying where it goes
+        and how it comes, which `run` prints (a dry run) or refuses with (data that is not downloaded)."""
+        return None
+
     def use_protocol(self, protocol: str) -> None:
         if protocol not in self.protocols:
             raise ValueError(f"{type(self).__name__} is tested by {', '.join(self.protocols)}, not {protocol!r}")

@@ -12,11 +12,14 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..batchnorm import bn_groups
-from ..data import image_side
+from ..bench import training_rate
+from ..data import data_module_class, image_side
 from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, shown
+from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
 from ..rundir import last_checkpoint, read_summary, write_manifest
@@ -107,13 +110,30 @@ def run_command(argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
     runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
+    # the data, before any work: a miniature writes its own stand-in data
+    absent = {} if args.smoke else missing_data([run for run in runs if read_summary(
+        runs_root / run.experiment / run.name).get("status") != "finished"])
     if args.dry_run:
         print(f"{experiment.name}: {len(runs)} runs on {shown(experiment.recipe)}; training FLOPs are counted as the "
               f"paper counts FLOPs, in multiply-adds: forward + backward ~ 3 x forward, x batch x iterations")
+        for line in absent:
+            print(f"data: {line}")
+        device = torch.device("cuda" if torch.cuda.is_available() and any(
+            run.setting("trainer.accelerator") != "cpu" for run in runs) else "cpu")
+        rate = training_rate(device)
+        print(f"wall time: each run's FLOPs / ({rate / 1e9:.3g} G multiply-adds/s x its devices), the training rate of "
+              f"ResNet-20 on 32x32 images measured now in 3 steps of 64 on {device_name(device)}; data loading, "
+              f"evaluation and other nets' efficiency are not counted (expect 2x either way)")
     else:
+        # refused here; a script for torchrun or SLURM may be written where the cluster's data is not
+        fatal = [line for line, downloaded in absent.items() if not downloaded and args.launcher == "local"]
+        if fatal:
+            raise ValueError(fatal[0])
+        for line in absent:
+            print(f"data: {line}")
         write_manifest(runs_root / experiment.name, experiment.name, shown(args.experiment), experiment.protocols,
                        [runs_root / run.experiment / run.name for run in experiment.runs], args.smoke)
-    jobs, tasks = [], []  # what is left to do: as Jobs (local), as script lines (torchrun, slurm)
+    jobs, tasks, total = [], [], 0.0  # what is left to do: as Jobs (local), as script lines (torchrun, slurm)
     for run in runs:
         run_dir = runs_root / run.experiment / run.name
         devices = 1 if args.smoke else args.devices or run.setting("trainer.devices") or 1
@@ -130,7 +150,9 @@ def run_command(argv: list[str]) -> None:
         if missing:  # protocols of this experiment that the run's own experiment does not evaluate
             commands.append(launch_command(args.launcher, "test", evaluate_args, args.nodes, devices))
         if args.dry_run:
-            print(describe(run, "\n  ".join(commands), devices * args.nodes))
+            text, seconds = describe(run, "\n  ".join(commands), devices * args.nodes, rate)
+            print(text)
+            total += seconds
             continue
         finished = summary.get("status") == "finished"
         if finished:
@@ -143,6 +165,7 @@ def run_command(argv: list[str]) -> None:
                         run.setting("data.init_args.batch_size"), todo, on_gpu=run.setting("trainer.accelerator") != "cpu"))
         tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
     if args.dry_run:
+        print(f"total: about {duration(total)} of training, one run after another on this machine")
         return
     if args.launcher == "local" and pool is not None:
         too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
@@ -155,12 +178,44 @@ def run_command(argv: list[str]) -> None:
         failed = [job.name for job in jobs if not run_one_after_another(job, args.smoke)]
     else:
         failed = write_scripts(args, experiment, runs_root, tasks)
+    if args.launcher == "local":
+        print_wandb_sync(sorted({runs_root / run.experiment for run in runs}))
     if failed:
         sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
                  f"(rerun the same command to resume them)")
 
 
-def describe(run: Run, command: str, world_size: int) -> str:
+def print_wandb_sync(folders: list[Path]) -> None:
+    """The one `wandb sync` command that uploads the experiment's offline W&B runs (each fit's own hint is in its
+    log), when there are any."""
+    if any(next(folder.glob("*/wandb/offline-run-*"), None) for folder in folders):
+        patterns = " ".join(f"{shown(folder)}/*/wandb/offline-run-*" for folder in folders)
+        print(f"W&B ran offline; to upload these runs: wandb sync {patterns}")
+
+
+def missing_data(runs: list[Run]) -> dict[str, bool]:
+    """One line per data set the runs need that is not on this machine, with whether it comes by itself (a
+    download when the first run starts); the data modules are built from the runs' settings, nothing is read."""
+    absent = {}
+    for run in runs:
+        init_args = dict(run.recipe_setting("data.init_args") or {})
+        init_args.update({key.removeprefix("data.init_args."): value for key, value in run.settings.items()
+                          if key.startswith("data.init_args.")})
+        data = data_module_class(run.setting("data.class_path"))(**init_args)
+        line = data.missing_data()
+        if line:
+            absent[line] = bool(getattr(data, "download", False))
+    return absent
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def describe(run: Run, command: str, world_size: int, rate: float) -> tuple[str, float]:
     net = build_on_meta(run)
     model = run.setting("model.model")
     steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
@@ -172,6 +227,11 @@ def describe(run: Run, command: str, world_size: int) -> str:
     budget = run.settings.get("budget")
     schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
         f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
+    seconds = flops / (rate * world_size)
+    precision = run.setting("trainer.precision") or "32-true"  # Lightning's default
+    settings = "; ".join([f"trainer.precision {precision}",
+                          *(f"{key} {json.dumps(run.setting(key))}" for key in FIDELITY_SWITCHES)])
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
-            + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}")
+            f"{flops:.3g} training FLOPs, about {duration(seconds)} on {world_size} device(s) here\n"
+            f"  recipe settings that move its number: {settings}\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
+            + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}"), seconds
