@@ -173,6 +173,14 @@ class RunCLI(LightningCLI):
             if self.lock is not None:
                 self.lock.release()
 
+    def add_core_arguments_to_parser(self, parser) -> None:
+        """Lightning's three groups with the project's two first, so that `--help` shows the net's and the data's
+        settings before the Trainer's hundreds (the config is the same)."""
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items() if key != "callbacks"})
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", default="runs/default/run",
                             help="runs/<experiment>/<run>: logs, checkpoints, summary; fit resumes a run found there")

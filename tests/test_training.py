@@ -286,3 +286,6 @@ def test_fit_help_documents_every_net_shortcut_option_and_data_module():
         assert not options[option].split(maxsplit=1)[1].startswith("(type"), (option, options[option])
     for module in ("CIFAR10DataModule", "DigitsDataModule", "FashionMNISTDataModule", "ImageNetDataModule"):
         assert f"resnet_repro.data.{module}" in options["--data"]
+    # the project's options first: its own, the net's, the data's, then Lightning's Trainer
+    order = [help_text.index(f"\n  {option} ") for option in ("--run_dir", "--model.model", "--data", "--trainer.accelerator")]
+    assert order == sorted(order)
