@@ -140,7 +140,9 @@ def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, resume_args
         outlived = ended - float((interrupted / "killed").read_text())
         print(f"rank 0 outlived the killed rank 1 by {outlived:.1f} s")
         assert outlived < 30 and killed.returncode == 1, killed.stderr[-2000:]
-        assert summary(interrupted)["status"] == "failed" and "Connection reset by peer" in summary(interrupted)["error"]
+        # gloo says "Connection reset by peer" or "Connection closed by peer", as the dead rank's socket ended
+        assert summary(interrupted)["status"] == "failed"
+        assert re.search(r"Connection (reset|closed) by peer", summary(interrupted)["error"]), summary(interrupted)["error"]
     assert torch.load(interrupted / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
 
     fit_at(world_size, *args, "--run_dir", str(interrupted))  # the same command, without the kill
