@@ -77,8 +77,7 @@ class CIFAR10DataModule(SmallImageDataModule):
         if folder.is_dir():
             return
         if not self.download:
-            raise FileNotFoundError(f"CIFAR-10 is not in {folder}: download {URL} and extract it into "
-                                    f"{self.data_dir}, or set data.download true")
+            raise FileNotFoundError(self.missing_data())
         try:
             download_and_extract_archive(URL, str(self.data_dir), md5=MD5)
         except Exception as error:

@@ -221,10 +221,7 @@ class SmallImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TrainBatches:
         rank, world_size = self.rank_and_world_size
         return TrainBatches(*self.splits["train"], self.mean, self.batch_size, rank, world_size, self.seed,
-                            first_step=self.first_step, pad=self.pad)
-
-    def first_step(self) -> int:
-        return first_step(self.trainer)
+                            first_step=lambda: first_step(self.trainer), pad=self.pad)
 
     @property
     def val_splits(self) -> list[str]:
