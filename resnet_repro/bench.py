@@ -7,14 +7,16 @@ after another, on the embedded digits data (32x32x3, like CIFAR-10):
 3. dataloader: the usual CIFAR loop: a torchvision DataLoader with PIL images and per-image transforms
    (pad-crop, flip, to tensor, normalise), a plain contiguous fp32 net, a hand-written step.
 
-Each is timed over `--steps` steps after `--warmup` steps (compilation, cuDNN tuning and CUDA graph capture
-happen in the warm-up). Prints images/s, the ratios against 2 and 3, peak memory (CUDA: allocated per phase;
+Each is timed over `--steps` steps after a warm-up of at least `--warmup` steps that lasts until three steps in a
+row take within 10% of each other (compilation, cuDNN tuning, CUDA graph capture and oneDNN's kernel set-up happen
+in the warm-up). Prints images/s, the ratios against 2 and 3, peak memory (CUDA: allocated per phase;
 CPU: the process's peak resident set so far, which only grows), the bytes autograd keeps for one step's
 backward pass (the activations: the same count on any device), and the wall time of a 64k-iteration run (the
 CIFAR-10 recipe) at the fit rate.
 """
 
 import argparse
+import contextlib
 import os
 import resource
 import time
@@ -35,20 +37,49 @@ from .models.size import count_macs, meta_model
 from .module import CompileMode, ResNetClassifier
 
 
-class Timer(L.Callback):
-    """Wall time of the training steps after the warm-up ones (synchronised with the device at both ends)."""
+class WarmUp:
+    """Says when the timing may start: after at least `minimum` steps, once the last three took within 10% of each
+    other, or after `limit` steps. A fixed count is not enough: oneDNN sets up its bf16 kernels over the first
+    steps, and a 3-step warm-up timed that set-up (ResNet-56 read 59 images/s against a steady 386)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.seconds = warmup, None, None
+    def __init__(self, minimum: int, limit: int, device: torch.device):
+        self.minimum, self.limit, self.device = minimum, limit, device
+        self.step_seconds, self.last, self.steady = [], None, False
+
+    def over(self) -> bool:
+        """Called before each step (so the time between two calls is one whole step); True from the first call on
+        which the warm-up is over."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        if self.last is not None:
+            self.step_seconds.append(now - self.last)
+        self.last = now
+        steps, recent = len(self.step_seconds), self.step_seconds[-3:]
+        self.steady = len(recent) == 3 and max(recent) <= 1.1 * min(recent)
+        return steps >= self.minimum and (self.steady or steps >= self.limit)
+
+    def note(self) -> str:
+        unsteady = "" if self.steady else ", not steady: the rate includes the spread"
+        return f"after {len(self.step_seconds)} warm-up steps{unsteady}"
+
+
+class Timer(L.Callback):
+    """Wall time of `steps` training steps after the warm-up (synchronised with the device at both ends); stops the
+    fit when they are done."""
+
+    def __init__(self, warm_up: WarmUp, steps: int):
+        self.warm_up, self.steps = warm_up, steps
+        self.start, self.started_at, self.seconds = None, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            synchronize(pl_module.device)
-            self.start = time.perf_counter()
+        if self.start is None and self.warm_up.over():
+            self.start, self.started_at = time.perf_counter(), trainer.global_step
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        synchronize(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.start is not None and trainer.global_step - self.started_at == self.steps:
+            synchronize(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+            trainer.should_stop = True
 
 
 def synchronize(device: torch.device) -> None:
@@ -82,15 +113,16 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB peak RSS so far"
 
 
-def fit_path(model: str, device: str, batch_size: int, warmup: int, steps: int, precision: str,
-             compile_mode: CompileMode | None, bn_group_size: int | None) -> float:
-    timer = Timer(warmup)
-    trainer = L.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, logger=False,
+def fit_path(model: str, device: str, batch_size: int, warm_up: WarmUp, steps: int, precision: str,
+             compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, str]:
+    timer = Timer(warm_up, steps)
+    trainer = L.Trainer(accelerator=device, devices=1, max_steps=warm_up.limit + steps, max_epochs=-1,
+                        logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
     module = ResNetClassifier(model, compile_mode=compile_mode, bn_group_size=bn_group_size)
     trainer.fit(module, DigitsDataModule(batch_size=batch_size))
-    return steps * batch_size / timer.seconds
+    return steps * batch_size / timer.seconds, warm_up.note()
 
 
 def saved_for_backward(forward) -> tuple[torch.Tensor, int]:
@@ -108,10 +140,10 @@ def saved_for_backward(forward) -> tuple[torch.Tensor, int]:
     return output, sum(storages.values())
 
 
-def compute_only(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, precision: str,
-                 compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, int]:
-    """(images/s, bytes kept for backward). The bytes are counted on an eager forward before the timed loop:
-    compiled code does not show its saved tensors to the hooks."""
+def compute_only(model: str, device: torch.device, batch_size: int, warm_up: WarmUp, steps: int, precision: str,
+                 compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, str, int]:
+    """(images/s, the warm-up's note, bytes kept for backward). The bytes are counted on an eager forward before the
+    timed loop: compiled code does not show its saved tensors to the hooks."""
     module = ResNetClassifier(model, bn_group_size=bn_group_size).to(device)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
@@ -121,17 +153,21 @@ def compute_only(model: str, device: torch.device, batch_size: int, warmup: int,
         _, saved = saved_for_backward(lambda: F.cross_entropy(module(images), labels))
     if compile_mode is not None:
         module.net.compile(mode=compile_mode)
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        with autocast:
-            loss = F.cross_entropy(module(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    while not warm_up.over():
+        train_step(module, optimizer, images, labels, autocast)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(module, optimizer, images, labels, autocast)
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start), saved
+    return steps * batch_size / (time.perf_counter() - start), warm_up.note(), saved
+
+
+def train_step(net, optimizer, images, labels, autocast=contextlib.nullcontext()) -> None:
+    with autocast:
+        loss = F.cross_entropy(net(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 class PILDigits(Dataset):
@@ -150,29 +186,25 @@ class PILDigits(Dataset):
         return self.transform(self.images[index]), int(self.labels[index])
 
 
-def dataloader_loop(model: str, device: torch.device, batch_size: int, warmup: int, steps: int, workers: int) -> float:
+def dataloader_loop(model: str, device: torch.device, batch_size: int, warm_up: WarmUp, steps: int,
+                    workers: int) -> tuple[float, str]:
     transform = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), v2.ToImage(),
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
     loader = DataLoader(PILDigits(transform), batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     net = build_model(model).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    step, start = 0, None
-    while step < warmup + steps:
+    timed, start = 0, None
+    while timed < steps:
         for images, labels in loader:
-            if step == warmup:
-                synchronize(device)
+            if start is None and warm_up.over():
                 start = time.perf_counter()
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = F.cross_entropy(net(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == warmup + steps:
+            train_step(net, optimizer, images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+            timed += start is not None
+            if timed == steps:
                 break
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), warm_up.note()
 
 
 def bench_command(argv: list[str]) -> None:
@@ -180,7 +212,9 @@ def bench_command(argv: list[str]) -> None:
     parser.add_argument("model", nargs="?", default="resnet20")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps at least (it lasts until steady)")
+    parser.add_argument("--warmup-limit", type=int, default=50,
+                        help="warm-up steps at most: when the steps never agree within 10%%, time from there")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline loop")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
@@ -194,6 +228,8 @@ def bench_command(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
+    if args.warmup_limit < args.warmup:
+        raise ValueError(f"--warmup-limit must be at least --warmup ({args.warmup}), got {args.warmup_limit}")
     if args.bn_group_size is not None and args.bn_group_size < 1:
         raise ValueError(f"--bn-group-size must be at least 1 image, got {args.bn_group_size}")
     device = torch.device(args.device)
@@ -203,22 +239,25 @@ def bench_command(argv: list[str]) -> None:
         torch.use_deterministic_algorithms(True)
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     name = device_name(device)
-    print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {args.precision}, "
+    print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps after a warm-up of {args.warmup} to "
+          f"{args.warmup_limit}, {args.precision}, "
           f"compile {args.compile_mode or 'off'}, BN groups {args.bn_group_size or 'off'}, "
           f"deterministic {'on' if args.deterministic else 'off'}, {name}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, lightning {L.__version__}")
     figures = {}
 
-    def show(label: str, rate: float, note: str = "") -> None:
+    def show(label: str, rate: float, warm_up: str, note: str = "") -> None:
         figures[label] = rate
-        print(f"{label:>10}: {rate:8,.0f} images/s   {peak_memory(device)}{note}")
+        print(f"{label:>10}: {rate:8,.0f} images/s   {peak_memory(device)}{note}   ({warm_up})")
 
-    common = (args.batch_size, args.warmup, args.steps)
+    def common():  # each path warms up on its own
+        return args.batch_size, WarmUp(args.warmup, args.warmup_limit, device), args.steps
+
     switches = (args.precision, args.compile_mode, args.bn_group_size)
-    show("fit", fit_path(args.model, args.device, *common, *switches))
-    rate, saved = compute_only(args.model, device, *common, *switches)
-    show("compute", rate, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
-    show("dataloader", dataloader_loop(args.model, device, *common, args.workers))
+    show("fit", *fit_path(args.model, args.device, *common(), *switches))
+    rate, warm_up, saved = compute_only(args.model, device, *common(), *switches)
+    show("compute", rate, warm_up, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
+    show("dataloader", *dataloader_loop(args.model, device, *common(), args.workers))
     print(f"fit / dataloader = {figures['fit'] / figures['dataloader']:.2f}x   "
           f"fit / compute = {figures['fit'] / figures['compute']:.2f}x")
     minutes = 64_000 * args.batch_size / figures["fit"] / 60

@@ -56,12 +56,12 @@ run() {
     ln -s "${DATA_DIR:-$REPO/data}" "$work/data"
     cd "$work"
     # The sizes: the GPU's, or toys that take the same path on the CPU
-    local device=cuda nets=(resnet20 resnet56 resnet110) batch=128 steps=50 warmup=20 big=resnet1202 big_steps=5
+    local device=cuda nets=(resnet20 resnet56 resnet110) batch=128 steps=50 warmup=(20 60) big=resnet1202 big_steps=5
     local det_steps=300 parallel_budget=1/128 ks=(1 2 4) depth_budget=1/32 seconds=${GPU_CHECK_SECONDS:-540}
     local groups=("" 64) compile=(--compile reduce-overhead) workers=4 share_gpu=true step_limits=true
     local depth=$REPO/experiments/fashion/depth.yaml fit_settings=()
     if $rehearsal; then
-        device=cpu nets=(resnet20) batch=8 steps=1 warmup=1 big=resnet32 big_steps=1 groups=(64) workers=0
+        device=cpu nets=(resnet20) batch=8 steps=1 warmup=(1 2) big=resnet32 big_steps=1 groups=(64) workers=0
         det_steps=3 ks=() depth_budget=1/32000 share_gpu=false step_limits=false
         seconds=${GPU_CHECK_SECONDS:-900}  # a busy 2-core machine: only the deadline cuts a step
         compile=()  # torch.compile on the CPU costs minutes of C++ compilation: the rehearsal runs eager
@@ -119,8 +119,8 @@ EOF
         echo "git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), rehearsal $rehearsal"
     } >"$log" 2>&1
 
-    local bench=("${cli[@]}" bench --device "$device" --batch-size "$batch" --steps "$steps" --warmup "$warmup"
-                 --precision bf16-mixed --workers "$workers")
+    local bench=("${cli[@]}" bench --device "$device" --batch-size "$batch" --steps "$steps" --warmup "${warmup[0]}"
+                 --warmup-limit "${warmup[1]}" --precision bf16-mixed --workers "$workers")
     local net group
     for net in "${nets[@]}"; do
         for group in "${groups[@]}"; do
@@ -135,7 +135,7 @@ EOF
         done
     fi
     step "bench $big (memory)" 120 gpu-memory.txt "${cli[@]}" bench "$big" --device "$device" \
-        --batch-size "$batch" --steps "$big_steps" --warmup 2 --precision bf16-mixed --bn-group-size 64
+        --batch-size "$batch" --steps "$big_steps" --warmup 2 --warmup-limit 2 --precision bf16-mixed --bn-group-size 64
 
     local fit=("${cli[@]}" fit --config "$REPO/experiments/cifar10/base.yaml" --seed_everything 0 --wandb false
                --data.class_path resnet_repro.data.FashionMNISTDataModule --model.model resnet20

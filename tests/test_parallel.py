@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from conftest import REPO, cli_error, summary
-from resnet_repro.launch import local
 from resnet_repro.cli import main
+from resnet_repro.experiments import load_experiment
 from resnet_repro.report.collect import read_metrics
 from resnet_repro.launch.local import cpu_threads
 
@@ -130,15 +130,15 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     assert out.count("wandb sync") == 1 and f"wandb sync {folder}/*/wandb/offline-run-*" in out
     assert all(summary(folder / name)["status"] == "finished" for name in RUNS)
 
-    # the same runs one after another, by run's own sequential loop (each fit in this process, on the CPU threads
-    # a run side by side had: the arithmetic is then the same)
-    reference = write_experiment(tmp_path / "reference", [WANDB])
-    monkeypatch.setattr(local, "train_here", local.run_in_this_process)
+    # the same runs trained by `fit` one after another in this process, on the CPU threads a run side by side had:
+    # the arithmetic is then the same
+    reference = load_experiment(write_experiment(tmp_path / "reference", [WANDB]))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        main(["run", str(reference), "--runs-root", str(tmp_path / "reference-runs")])
+        for run in reference.runs:
+            main(["fit", *run.fit_args(tmp_path / "reference-runs/exps-tiny" / run.name)])
     finally:
         torch.set_num_threads(threads_before)
     for name in RUNS:

@@ -10,7 +10,8 @@ from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 
 from conftest import REPO, cli_error, fit, train_rows
-from resnet_repro.bench import saved_for_backward
+from resnet_repro import bench
+from resnet_repro.bench import WarmUp, saved_for_backward
 from resnet_repro.cli import main
 from resnet_repro.data import DigitsDataModule
 from resnet_repro.module import ResNetClassifier
@@ -92,13 +93,37 @@ def test_saved_for_backward_counts_each_kept_tensor_once():
     assert saved == 4 * (images.numel() + net[0].weight.numel() + 2 * output.numel())
 
 
+def warm_up_over_after(step_seconds: list[float], minimum: int, monkeypatch) -> tuple[int, str]:
+    """How many steps a WarmUp lets pass when the steps take `step_seconds`, and its note."""
+    clock = iter([sum(step_seconds[:i]) for i in range(len(step_seconds) + 1)])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    warm_up = WarmUp(minimum, 50, torch.device("cpu"))
+    steps = 0
+    while not warm_up.over():
+        steps += 1
+    return steps, warm_up.note()
+
+
+def test_the_warm_up_lasts_until_three_steps_agree_within_ten_percent(monkeypatch):
+    # oneDNN's set-up: slow first steps, then a steady 0.3 s; the minimum of 3 alone would time the set-up
+    assert warm_up_over_after([2.0, 1.2, 0.6, 0.33, 0.30, 0.31, 0.3, 0.3], 3, monkeypatch) == (
+        6, "after 6 warm-up steps")
+    # a steady start still waits for the minimum
+    assert warm_up_over_after([0.3] * 12, 10, monkeypatch) == (10, "after 10 warm-up steps")
+    # never steady: it stops at the limit and says so
+    assert warm_up_over_after([0.2, 0.3] * 30, 1, monkeypatch) == (
+        50, "after 50 warm-up steps, not steady: the rate includes the spread")
+
+
 def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
-    main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "32",
+    main(["bench", "resnet20", "--device", "cpu", "--steps", "2", "--warmup", "1", "--warmup-limit", "4",
+          "--batch-size", "32",
           "--workers", "0", "--bn-group-size", "16"])
     out = capsys.readouterr().out
     assert "BN groups 16" in out
     rates = {k: float(v.replace(",", "")) for k, v in re.findall(r"(fit|compute|dataloader):\s+([\d,]+) images/s", out)}
     assert set(rates) == {"fit", "compute", "dataloader"} and all(rate > 0 for rate in rates.values())
+    assert len(re.findall(r"images/s .*\(after \d+ warm-up steps", out)) == 3, out
     # the rates are printed to the image/s, the ratios to 0.01x: a ratio must lie in what the rounding allows (on a
     # slow machine, 59 and 29 images/s may be 59.4 and 28.6)
     def between(printed: float, value, low, high) -> bool:

@@ -1,5 +1,5 @@
-"""`resnet-repro run FILE`: an experiment file's runs, trained here one after another, up to N at once with
-`--parallel N` (each a child process on devices of its own, its output in its run's fit.log, a live view here:
+"""`resnet-repro run FILE`: an experiment file's runs, trained here one after another or up to N at once with
+`--parallel N` (each a child process, its output in its run's fit.log, one line per run in a live view here:
 local.py), or written as a torchrun script into each run's directory or one SLURM array job for the experiment
 (runs/<experiment>/job.sbatch: scripts.py); `--dry-run` prints the runs with their size and cost; `--smoke` runs
 the whole file in miniature (miniature.py). Finished runs are skipped (and evaluated under any protocol they
@@ -24,7 +24,7 @@ from ..models import get_spec
 from ..models.size import count_macs, count_params
 from ..rundir import last_checkpoint, read_summary, write_manifest
 from ..train import FIDELITY_SWITCHES, budget_fraction
-from .local import DevicePool, Job, cpu_threads, run_one_after_another, run_side_by_side, visible_gpus
+from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
 from .miniature import smoke_args
 from .scripts import LAUNCHERS, device_args, launch_command, write_scripts
 
@@ -42,8 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: train here; torchrun: write a launch script per run; slurm: write one array job")
     parser.add_argument("--parallel", type=int, metavar="N",
-                        help="local: up to N runs at once, each its own fit process on its own devices, its output in "
-                             "its run's fit.log, a live view here; slurm: at most N array tasks at once")
+                        help="local: up to N runs at once, each on its own devices (its GPUs, or cores / N CPU "
+                             "threads); slurm: at most N array tasks at once")
     parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
     parser.add_argument("--runs-per-gpu", type=int, metavar="K",
                         help="with --parallel: K one-device runs share each GPU (default 1)")
@@ -60,9 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def device_pool(args: argparse.Namespace) -> DevicePool | None:
-    """The GPUs that --parallel's runs share (none on a CPU-only machine), or None without --parallel here;
-    bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
+def device_pool(args: argparse.Namespace) -> DevicePool:
+    """The GPUs that --parallel's runs share (none on a CPU-only machine; none without --parallel here: a run
+    alone sees every GPU); bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
     sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
     if args.parallel is not None and args.parallel < 1:
         raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
@@ -73,7 +73,7 @@ def device_pool(args: argparse.Namespace) -> DevicePool | None:
         if args.parallel is not None and args.launcher == "torchrun":
             raise ValueError("--parallel is for the local launcher (runs side by side here) and slurm (array tasks "
                              "at once); a torchrun script runs one run")
-        return None
+        return DevicePool([], 1)
     if args.smoke:
         raise ValueError("--smoke runs its miniatures one after another in this process: leave out --parallel")
     visible = len(visible_gpus())
@@ -167,15 +167,19 @@ def run_command(argv: list[str]) -> None:
     if args.dry_run:
         print(f"total: about {duration(total)} of training, one run after another on this machine")
         return
-    if args.launcher == "local" and pool is not None:
+    if args.launcher == "local" and args.smoke:
+        failed = [job.name for job in jobs if not run_miniature(job)]
+    elif args.launcher == "local":
         too_large = [f"{job.name} ({job.devices})" for job in jobs if pool.places and job.devices > len(pool.places)]
         if too_large:
             raise ValueError(f"{', '.join(too_large)} need more GPUs than the {len(pool.places)} shared out here: "
                              f"pass --gpus with more, or --devices")
-        failed = [f"{job.name} (log: {shown(job.log)})"
-                  for job in run_side_by_side(jobs, args.parallel, pool, cpu_threads(args.parallel))]
-    elif args.launcher == "local":
-        failed = [job.name for job in jobs if not run_one_after_another(job, args.smoke)]
+        # one after another (no --parallel): every device and thread for each run, as a run alone would have
+        parallel, threads = (args.parallel, cpu_threads(args.parallel)) if args.parallel else (1, None)
+        failed_jobs = run_side_by_side(jobs, parallel, pool, threads)
+        for job in failed_jobs:
+            print(f"{job.name}: {last_line(job.log)}", file=sys.stderr)
+        failed = [f"{job.name} (log: {shown(job.log)})" for job in failed_jobs]
     else:
         failed = write_scripts(args, experiment, runs_root, tasks)
     if args.launcher == "local":

@@ -1,13 +1,14 @@
 """The local launcher: the child processes that train an experiment's runs here, one after another or, with
-`run --parallel N`, several side by side.
+`run --parallel N`, several side by side; a miniature's runs, one after another in this process.
 
 Each run is a `resnet-repro fit` child (then a `test` child per missing evaluation), started by `start_child`
-and stopped by `stop_children`, one after another (`run_one_after_another`; a miniature's in this process) or
-up to N at once (`run_side_by_side`). Side by side, each run has devices of its own: with GPUs it sees only its GPUs through
-CUDA_VISIBLE_DEVICES (`--runs-per-gpu K` runs share one; a run of d > 1 devices takes d whole GPUs), and on
-any machine each of the N runs gets cores / N CPU threads (OMP_NUM_THREADS), so that on a CPU-only machine the
-cores are split between the runs. A run's output goes to `<run_dir>/fit.log`; the terminal shows one line per
-run, refreshed in place (plain lines when stdout is not a terminal), read from each run's metrics.csv.
+and stopped by `stop_children`, up to N at once (`run_side_by_side`; one at a time without --parallel). Side by
+side, each run has devices of its own: with GPUs it sees only its GPUs through CUDA_VISIBLE_DEVICES
+(`--runs-per-gpu K` runs share one; a run of d > 1 devices takes d whole GPUs), and on any machine each of the N
+runs gets cores / N CPU threads (OMP_NUM_THREADS), so that on a CPU-only machine the cores are split between the
+runs; one at a time, a run sees every device and thread. A run's output goes to `<run_dir>/fit.log`; the terminal
+shows one line per run, refreshed in place (plain lines when stdout is not a terminal), read from each run's
+metrics.csv.
 """
 
 import os
@@ -198,9 +199,9 @@ class LiveView:
                 self.print_line(job)
 
 
-def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: int) -> list[Job]:
-    """Each job's commands in child processes, up to `parallel` jobs at once, in order where devices allow; the
-    jobs that failed. A failing job does not stop the others. When this process is stopped (Ctrl-C, SIGTERM)
+def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: int | None) -> list[Job]:
+    """Each job's commands in child processes, up to `parallel` jobs at once, in order where devices allow, each on
+    `threads` CPU threads (None: as many as it would take alone); the jobs that failed. A failing job does not stop the others. When this process is stopped (Ctrl-C, SIGTERM)
     every child is stopped with SIGTERM and waited for, and the exception goes on."""
     waiting, running = list(jobs), []
     with LiveView(jobs) as view:
@@ -239,13 +240,14 @@ def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: 
     return [job for job in jobs if job.status.startswith("failed")]
 
 
-def start_next(job: Job, threads: int) -> None:
+def start_next(job: Job, threads: int | None) -> None:
     """The job's next command, on the job's devices, its output appended to the run's fit.log."""
     args = job.commands.pop(0)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     if job.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus()[gpu] for gpu in job.gpus)
-    job.device = (f"GPU {','.join(map(str, job.gpus))}, " if job.gpus else "CPU, ") + f"{threads} thread(s)"
+    job.device = (f"GPU {','.join(map(str, job.gpus))}" if job.gpus else
+                  "GPU" if job.on_gpu and torch.cuda.is_available() else "CPU") + (f", {threads} thread(s)" if threads else "")
     job.run_dir.mkdir(parents=True, exist_ok=True)
     with open(job.log, "a") as log:
         log.write(f"$ resnet-repro {shlex.join(args)}\n")
@@ -274,35 +276,22 @@ def observe(job: Job) -> None:
     job.progress = progress
 
 
-def train_here(args: list[str]) -> int:
-    """`resnet-repro fit` (or `test`) in a child process; the exit status. When `run` is stopped (Ctrl-C, SIGTERM) the child
-    is stopped with SIGTERM and waited for: it ends between two iterations, its last checkpoint intact."""
-    child = start_child(args)
-    try:
-        return child.wait()
-    except BaseException:
-        stop_children([child])
-        raise
-
-
-def run_in_this_process(args: list[str]) -> int:
-    """`resnet-repro fit` (or `test`) in this process, through the same entry point a child runs; the exit status.
-    A miniature's runs take seconds, and a fresh process would spend more than that importing torch."""
-    try:
-        run_command(args[0], lightning_command, args)
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            print(stop.code, file=sys.stderr)
-            return 1
-    return 0
-
-
-def run_one_after_another(job: Job, smoke: bool) -> bool:
-    """The job's commands here, in order, each in a child (a miniature: in this process); whether all succeeded."""
-    execute = run_in_this_process if smoke else train_here
+def run_miniature(job: Job) -> bool:
+    """A miniature's commands in this process, in order, through the same entry point a child runs; whether all
+    succeeded. Its runs take seconds, and a fresh process would spend more than that importing torch."""
     for command in job.commands:
         if command[0] == "fit":
             print(f"{job.name}: resnet-repro {shlex.join(command)}", flush=True)
-        if execute(command) != 0:
-            return False
+        try:
+            run_command(command[0], lightning_command, command)
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                print(stop.code, file=sys.stderr)
+                return False
     return True
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (a failed fit's: its one-line error), or ''."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.is_file() else []
+    return lines[-1] if lines else ""

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..data import data_module_class, standin_writer
 from ..experiments import Run
 
-SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2",
-              "--checkpoint.every_n_train_steps", "2", "--model.milestones", "[2, 3]", "--data.init_args.batch_size",
+SMOKE_ARGS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "2",
+              "--checkpoint.every_n_train_steps", "4", "--model.milestones", "[2, 3]", "--data.init_args.batch_size",
               "8", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.benchmark", "false",
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
