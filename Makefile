@@ -15,17 +15,31 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The embedded offline default: plain-20/56 and ResNet-20/56, three seeds each, trained on scikit-learn's digits,
-# two at a time; then the report (table, findings, degradation figure) in results/demo/, the layer responses
-# (Figure 7) in results/demo-responses/ and the two notebooks executed on these runs in results/demo-notebooks/.
+# two at a time; then, side by side (each reads the finished runs), the report (table, findings, degradation figure)
+# in results/demo/, the layer responses (Figure 7) in results/demo-responses/ and the two notebooks executed on
+# these runs in results/demo-notebooks/; last the table, the findings and where the figures are.
 # A second `make demo` skips the finished runs.
+DEMO_RUNS := runs/demo
 demo: setup
 	$(BIN)/resnet-repro run experiments/demo.yaml --parallel 2
-	$(BIN)/resnet-repro report runs/demo --out results/demo
-	$(BIN)/resnet-repro responses runs/demo --out results/demo-responses
-	mkdir -p results/demo-notebooks && cp notebooks/*.ipynb results/demo-notebooks/
-	RESNET_REPRO_RUNS=$(CURDIR)/runs/demo $(BIN)/jupyter-execute --inplace --kernel_name=python3 \
-	    results/demo-notebooks/*.ipynb
+	@$(MAKE) --no-print-directory -j 3 demo-report demo-responses demo-notebooks
+	@cat $(DEMO_RUNS)/report.log $(DEMO_RUNS)/responses.log
 	@echo "figures: results/demo/curves.png, results/demo-responses/responses.png; notebooks: results/demo-notebooks/"
+
+# each one's output to its log in runs/demo/, shown whole (by demo, or here when it fails); one CPU thread each, as
+# two torch processes of two threads on two cores slow each other down several times
+.PHONY: demo-report demo-responses demo-notebooks
+demo-report:
+	@$(BIN)/resnet-repro report $(DEMO_RUNS) --out results/demo > $(DEMO_RUNS)/report.log 2>&1 \
+	    || { cat $(DEMO_RUNS)/report.log; exit 1; }
+demo-responses:
+	@OMP_NUM_THREADS=1 $(BIN)/resnet-repro responses $(DEMO_RUNS) --out results/demo-responses > $(DEMO_RUNS)/responses.log 2>&1 \
+	    || { cat $(DEMO_RUNS)/responses.log; exit 1; }
+demo-notebooks:
+	@mkdir -p results/demo-notebooks && cp notebooks/*.ipynb results/demo-notebooks/
+	@OMP_NUM_THREADS=1 RESNET_REPRO_RUNS=$(CURDIR)/$(DEMO_RUNS) $(BIN)/jupyter-execute --inplace --kernel_name=python3 \
+	    results/demo-notebooks/*.ipynb > $(DEMO_RUNS)/notebooks.log 2>&1 || { cat $(DEMO_RUNS)/notebooks.log; exit 1; }
+	@echo "notebooks executed into results/demo-notebooks/ (log: $(DEMO_RUNS)/notebooks.log)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -127,7 +127,9 @@ def test_a_killed_experiment_resumes_where_it_stopped(tmp_path, monkeypatch, cap
     assert summary(done)["status"] == "finished" and summary(killed)["status"] == "running"
     assert torch.load(killed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
     finished_at = (done / "summary.json").stat().st_mtime_ns
-    capsys.readouterr()
+    # the failed run's last log line (a fit's one-line error; here, the last output before its SIGKILL)
+    last = [line for line in (killed / "fit.log").read_text().splitlines() if line.strip()][-1]
+    assert f"resnet20-s0: {last}\n" in capsys.readouterr().err
 
     write_experiment(tmp_path, grid={"model.model": ["plain20", "resnet20"]})  # the same runs, without the kill
     main(command)
