@@ -199,7 +199,7 @@ def test_dry_run_prints_the_launchers_command(tmp_path, capsys):
     ({"grid": {"model.model": ["resnet20"]}, "evaluate": ["ten_crop"]},
      "tiny.yaml: run resnet20-s0: --protocols: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet21-s0"]}]},
-     "tiny.yaml: experiments/demo.yaml has no run resnet21-s0: its runs are plain20-s0, plain20-s1"),
+     "tiny.yaml: experiments/demo.yaml has no run resnet21-s0: its runs are plain56-s0, plain56-s1"),
     ({"runs_from": [{"experiment": "experiments/demo.yaml", "runs": ["resnet20-s0"]}], "evaluate": ["ten_crop"]},
      "tiny.yaml: run resnet20-s0: evaluate: ten_crop is not a test protocol of DigitsDataModule, whose protocols are single_view"),
 ])
