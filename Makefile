@@ -28,17 +28,16 @@ demo: setup
 
 # each one's output to its log in runs/demo/, shown whole (by demo, or here when it fails); one CPU thread each, as
 # two torch processes of two threads on two cores slow each other down several times
+logged = $(1) > $(DEMO_RUNS)/$(2).log 2>&1 || { cat $(DEMO_RUNS)/$(2).log; exit 1; }
 .PHONY: demo-report demo-responses demo-notebooks
 demo-report:
-	@$(BIN)/resnet-repro report $(DEMO_RUNS) --out results/demo > $(DEMO_RUNS)/report.log 2>&1 \
-	    || { cat $(DEMO_RUNS)/report.log; exit 1; }
+	@$(call logged,$(BIN)/resnet-repro report $(DEMO_RUNS) --out results/demo,report)
 demo-responses:
-	@OMP_NUM_THREADS=1 $(BIN)/resnet-repro responses $(DEMO_RUNS) --out results/demo-responses > $(DEMO_RUNS)/responses.log 2>&1 \
-	    || { cat $(DEMO_RUNS)/responses.log; exit 1; }
+	@$(call logged,OMP_NUM_THREADS=1 $(BIN)/resnet-repro responses $(DEMO_RUNS) --out results/demo-responses,responses)
 demo-notebooks:
 	@mkdir -p results/demo-notebooks && cp notebooks/*.ipynb results/demo-notebooks/
-	@OMP_NUM_THREADS=1 RESNET_REPRO_RUNS=$(CURDIR)/$(DEMO_RUNS) $(BIN)/jupyter-execute --inplace --kernel_name=python3 \
-	    results/demo-notebooks/*.ipynb > $(DEMO_RUNS)/notebooks.log 2>&1 || { cat $(DEMO_RUNS)/notebooks.log; exit 1; }
+	@$(call logged,OMP_NUM_THREADS=1 RESNET_REPRO_RUNS=$(CURDIR)/$(DEMO_RUNS) $(BIN)/jupyter-execute --inplace \
+	    --kernel_name=python3 results/demo-notebooks/*.ipynb,notebooks)
 	@echo "notebooks executed into results/demo-notebooks/ (log: $(DEMO_RUNS)/notebooks.log)"
 
 test: setup

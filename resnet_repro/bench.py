@@ -116,8 +116,7 @@ def peak_memory(device: torch.device) -> str:
 def fit_path(model: str, device: str, batch_size: int, warm_up: WarmUp, steps: int, precision: str,
              compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, str]:
     timer = Timer(warm_up, steps)
-    trainer = L.Trainer(accelerator=device, devices=1, max_steps=warm_up.limit + steps, max_epochs=-1,
-                        logger=False,
+    trainer = L.Trainer(accelerator=device, devices=1, max_steps=warm_up.limit + steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
     module = ResNetClassifier(model, compile_mode=compile_mode, bn_group_size=bn_group_size)

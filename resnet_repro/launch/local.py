@@ -201,8 +201,9 @@ class LiveView:
 
 def run_side_by_side(jobs: list[Job], parallel: int, pool: DevicePool, threads: int | None) -> list[Job]:
     """Each job's commands in child processes, up to `parallel` jobs at once, in order where devices allow, each on
-    `threads` CPU threads (None: as many as it would take alone); the jobs that failed. A failing job does not stop the others. When this process is stopped (Ctrl-C, SIGTERM)
-    every child is stopped with SIGTERM and waited for, and the exception goes on."""
+    `threads` CPU threads (None: as many as it would take alone); the jobs that failed. A failing job does not stop
+    the others. When this process is stopped (Ctrl-C, SIGTERM) every child is stopped with SIGTERM and waited for,
+    and the exception goes on."""
     waiting, running = list(jobs), []
     with LiveView(jobs) as view:
         try:
@@ -246,8 +247,12 @@ def start_next(job: Job, threads: int | None) -> None:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     if job.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus()[gpu] for gpu in job.gpus)
-    job.device = (f"GPU {','.join(map(str, job.gpus))}" if job.gpus else
-                  "GPU" if job.on_gpu and torch.cuda.is_available() else "CPU") + (f", {threads} thread(s)" if threads else "")
+    if job.gpus:
+        job.device = f"GPU {','.join(map(str, job.gpus))}"
+    else:  # one run at a time on a GPU machine: it sees every GPU
+        job.device = "GPU" if job.on_gpu and torch.cuda.is_available() else "CPU"
+    if threads:
+        job.device += f", {threads} thread(s)"
     job.run_dir.mkdir(parents=True, exist_ok=True)
     with open(job.log, "a") as log:
         log.write(f"$ resnet-repro {shlex.join(args)}\n")
