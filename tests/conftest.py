@@ -14,6 +14,16 @@ from resnet_repro.data.cifar10 import write_standin
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
+# The longest files first (by their seconds on 2 cores), as make test's workers take whole files (--dist loadfile):
+# so that no worker starts a long file while the other is nearly done.
+LONGEST_FIRST = ["test_training.py", "test_hardening.py", "test_smoke.py", "test_ranks.py", "test_gpu_check.py",
+                 "test_experiments.py", "test_parallel.py", "test_speed.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: each file keeps its own order
+
 
 def write_cifar10(root: Path, per_batch: int = 40, test: int = 31, seed: int = 0) -> Path:
     """A tiny CIFAR-10 in the exact on-disk format; the folder of its batch files."""

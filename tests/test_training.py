@@ -120,9 +120,10 @@ def uninterrupted(tmp_path_factory, resume_args):
     return at
 
 
+# At world size 2 every rank is killed on the ImageNet path (its loader workers, its sampler across epochs) and rank 1
+# alone on the digits path, with the warm-up on.
 @pytest.mark.parametrize("data, world_size, killed_rank", [
-    ("digits", 1, None), pytest.param("digits", 2, None, marks=pytest.mark.slow),
-    pytest.param("digits", 2, 1, marks=pytest.mark.slow),
+    ("digits", 1, None), pytest.param("digits", 2, 1, marks=pytest.mark.slow),
     ("imagenet", 1, None), pytest.param("imagenet", 2, None, marks=pytest.mark.slow)])
 def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, resume_args, uninterrupted, data, world_size,
                                                            killed_rank):
