@@ -158,17 +158,6 @@ def test_resume_after_a_sigkill_ends_with_the_same_weights(tmp_path, resume_args
     assert rows_a["train/error"].tolist() == rows_b["train/error"].tolist()
 
 
-@pytest.mark.slow
-def test_two_process_ddp_counts_every_test_image_once(tmp_path, cifar_dir):
-    run = tmp_path / "cifar" / "ddp"
-    result = run_cli("fit", *tiny_cifar(cifar_dir, run, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
-                     "--wandb", "false", "--trainer.enable_progress_bar", "false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    done = summary(run)
-    assert done["status"] == "finished" and done["devices"] == 2 and done["steps"] == 4
-    assert done["test/images"] == 31 and done["val/images"] == 21  # odd sizes: no image dropped or repeated
-
-
 def test_offline_wandb_run_holds_name_group_config_and_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "digits-demo" / "resnet20-s0"
