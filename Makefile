@@ -43,8 +43,10 @@ demo-notebooks:
 # The suite on up to 4 worker processes, whole files each (their module fixtures are built once), the cores split
 # between them: most tests wait on fresh processes' imports, so two workers on two cores finish in 2/3 of the time.
 TEST_WORKERS := $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+# (in the order tests/conftest.py gives)
+TEST_SPLIT := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
-	OMP_NUM_THREADS=$$(( $$(nproc) / $(TEST_WORKERS) )) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=$$(( $$(nproc) / $(TEST_WORKERS) )) $(BIN)/python -m pytest -q $(TEST_SPLIT)
 
 # Fashion-MNIST's idx files in data/FashionMNIST/raw (where the data module looks first), from Debian's
 # dataset-fashion-mnist: its installed files, else its .deb fetched with `apt-get download` and unpacked here

@@ -14,8 +14,8 @@ from resnet_repro.data.cifar10 import write_standin
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
-# The longest files first (by their seconds on 2 cores), as make test's workers take whole files (--dist loadfile):
-# so that no worker starts a long file while the other is nearly done.
+# The longest files first (their seconds on 2 cores): make test's workers take whole files in this order
+# (--dist loadfile --no-loadscope-reorder), so that no worker starts a long file while the other is nearly done.
 LONGEST_FIRST = ["test_training.py", "test_hardening.py", "test_smoke.py", "test_ranks.py", "test_gpu_check.py",
                  "test_experiments.py", "test_parallel.py", "test_speed.py"]
 
