@@ -157,9 +157,22 @@ def budget_label(budget: Fraction) -> str:
     return "" if budget == 1 else f"@{budget.numerator}-{budget.denominator}"
 
 
+def evaluation_interval(scaled: int, steps: int, images: int, batch: int) -> int:
+    """A budget run's validation interval: its scaled one, unless evaluating that often would cost more than ~10% of
+    the run. One evaluation of `images` (forward only, about a third of a training image's work) costs as much as
+    images / (3 x batch) iterations, so evaluations at least 3 x images / batch iterations apart cost at most 1/9
+    of the training between them; then the interval is the shortest that long which divides the run into equal
+    parts, so that the test curve's last point is the final weights'."""
+    least = math.ceil(3 * images / batch)
+    if scaled >= least:
+        return scaled
+    return steps // max(1, steps // least)
+
+
 def scaled_schedule(config: dict, budget: Fraction) -> dict:
     """The settings that train a resolved fit config for `budget` of its schedule: each iteration count x budget
-    (rounded, at least 1), the budget recorded."""
+    (rounded, at least 1), the validation interval no shorter than keeps evaluation within ~10% of the run
+    (evaluation_interval), the budget recorded."""
     def scale(count: int) -> int:
         return max(1, round(count * budget))
 
@@ -173,6 +186,12 @@ def scaled_schedule(config: dict, budget: Fraction) -> dict:
         elif value is not None:  # val_check_interval as a fraction of an epoch: not an iteration count
             raise ValueError(f"{key} is {value!r}: a budget scales iteration counts, and this one is not a whole "
                              f"number of iterations")
+    if "trainer.val_check_interval" in settings:
+        data = config["data"]
+        images = data_module_class(data["class_path"]).validation_images(data.get("init_args") or {})
+        settings["trainer.val_check_interval"] = evaluation_interval(
+            settings["trainer.val_check_interval"], settings["trainer.max_steps"], images,
+            dotted(data, "init_args.batch_size"))
     return {**settings, "budget": str(budget)}
 
 

@@ -3,9 +3,19 @@
 Errors are in percent. Keys are registry model names; ImageNet entries whose shortcut option matters
 are keyed (model, option), with None for plain nets.
 
-The lookups take a net's shortcut option as built (models.ModelSpec.shortcut: the family's default filled in,
+The lookups take the data set by name, as a run records it ("CIFAR-10", "ImageNet"; a copy of one is named
+"CIFAR-10 (JPEG copy)" and gets the numbers of the data set it copies, which the report shows as context only),
+and a net's shortcut option as built (models.ModelSpec.shortcut: the family's default filled in,
 None for plain nets): this module sits below the models and the report, and knows only the paper.
 """
+
+PAPER_DATASETS = ("CIFAR-10", "ImageNet")  # the data sets of the paper's numbers, by the names runs record
+
+
+def copied_dataset(dataset: str) -> str:
+    """The data set a run's data is, or is a copy of: "CIFAR-10 (JPEG copy)" -> "CIFAR-10"."""
+    return str(dataset).split(" (", 1)[0]
+
 
 # Table 1: multiply-adds ("FLOPs") of the ImageNet nets by depth, 224x224 input.
 TABLE1_MACS = {18: 1.8e9, 34: 3.6e9, 50: 3.8e9, 101: 7.6e9, 152: 11.3e9}
@@ -48,17 +58,18 @@ FB_RESNET_TORCH_TOP1_TOP5 = {"resnet18": (28.22, 9.42), "resnet34": (24.76, 7.35
                              "resnet101": (21.08, 5.35), "resnet152": (20.69, 5.21)}
 
 
-def paper_numbers(data: str, model: str, shortcut: str | None, protocol: str) -> list[dict]:
+def paper_numbers(dataset: str, model: str, shortcut: str | None, protocol: str) -> list[dict]:
     """The paper's numbers for a net under one test protocol, each with the statistic it is (a single run,
     the best of N, a mean and std over N) and its table: [] where the paper publishes none for that protocol.
     Only CIFAR-10 (single view: Table 6) and ImageNet (10-crop: Tables 2, 3; multi-scale: Table 4) compare."""
-    if data == "CIFAR10DataModule" and protocol == "single_view" and model in TABLE6_ERROR:
+    data = copied_dataset(dataset)
+    if data == "CIFAR-10" and protocol == "single_view" and model in TABLE6_ERROR:
         if model == "resnet110":
             mean, std = TABLE6_RESNET110_MEAN_STD
             return [{"statistic": "best of 5", "top1": TABLE6_ERROR[model], "source": "Table 6"},
                     {"statistic": "mean±std of 5", "top1": mean, "top1_std": std, "source": "Table 6"}]
         return [{"statistic": "one run", "top1": TABLE6_ERROR[model], "source": "Table 6"}]
-    if data != "ImageNetDataModule":
+    if data != "ImageNet":
         return []
     key = (model, shortcut)
     if protocol == "ten_crop" and key in TABLE3_TOP1_TOP5:
@@ -75,11 +86,12 @@ def paper_numbers(data: str, model: str, shortcut: str | None, protocol: str) ->
     return []
 
 
-def reference_number(data: str, model: str, shortcut: str | None, protocol: str) -> dict | None:
+def reference_number(dataset: str, model: str, shortcut: str | None, protocol: str) -> dict | None:
     """A reference reproduction's (top-1, top-5) error under the same protocol, with its name, or None."""
-    if data == "CIFAR10DataModule" and protocol == "single_view" and model in PYTORCH_CIFAR10_REPRODUCTION_ERROR:
+    data = copied_dataset(dataset)
+    if data == "CIFAR-10" and protocol == "single_view" and model in PYTORCH_CIFAR10_REPRODUCTION_ERROR:
         return {"top1": PYTORCH_CIFAR10_REPRODUCTION_ERROR[model], "source": "akamaster/pytorch_resnet_cifar10"}
-    if data == "ImageNetDataModule" and protocol == "ten_crop" and model in FB_RESNET_TORCH_TOP1_TOP5 \
+    if data == "ImageNet" and protocol == "ten_crop" and model in FB_RESNET_TORCH_TOP1_TOP5 \
             and shortcut == "B":
         top1, top5 = FB_RESNET_TORCH_TOP1_TOP5[model]
         return {"top1": top1, "top5": top5, "source": "facebookarchive/fb.resnet.torch"}

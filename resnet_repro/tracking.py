@@ -13,7 +13,7 @@ from .models import get_spec
 INIT_TIMEOUT_S = 20  # how long a W&B run may take to start before this run goes on with CSV only
 
 
-def start_wandb(run_dir: Path, config: dict) -> Logger | None:
+def start_wandb(run_dir: Path, config: dict, dataset: str) -> Logger | None:
     """A W&B logger for the run, or None with one warning when W&B cannot be used: training never depends on
     it. Offline unless WANDB_MODE says otherwise or an API key is configured; resumes the run's W&B id."""
     try:
@@ -23,7 +23,7 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         # W&B waits 90 s for its server by default; a run that cannot reach it should not wait that long to go on
         settings = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)))
-        columns = wandb_columns(run_dir, config)
+        columns = wandb_columns(run_dir, config, dataset)
         logger = RunWandbLogger(name=run_dir.name, group=run_dir.parent.name, project="resnet-repro",
                                 save_dir=str(run_dir), offline=offline, id=run_id, resume="allow" if run_id else None,
                                 config={**config, **columns}, settings=settings)
@@ -39,13 +39,14 @@ def start_wandb(run_dir: Path, config: dict) -> Logger | None:
         return None
 
 
-def wandb_columns(run_dir: Path, config: dict) -> dict:
+def wandb_columns(run_dir: Path, config: dict, dataset: str) -> dict:
     """Flat keys of the run's W&B config that a researcher groups and colours runs by in the W&B UI (Figure 6:
-    group by family, colour by depth): dataset, family (plain / residual), depth, shortcut, seed, experiment, budget
-    (the fraction of the paper's schedule: "1" for the full one)."""
+    group by family, colour by depth): dataset (as the data module names it: "CIFAR-10 (JPEG copy)"), family (plain
+    / residual), depth, shortcut, seed, experiment, budget (the fraction of the paper's schedule: "1" for the full
+    one)."""
     spec = get_spec(config["model"]["model"])
     return {
-        "dataset": config["data"]["class_path"].rsplit(".", 1)[-1].removesuffix("DataModule"),
+        "dataset": dataset,
         "family": spec.kind,
         "depth": spec.depth,
         "shortcut": spec.shortcut(config["model"]["shortcut"]) or "none",
@@ -103,6 +104,7 @@ def collect_wandb(project: str, group: str) -> tuple:
         summary = {
             "experiment": group, "model": model["model"], "shortcut": model.get("shortcut"),
             "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
+            "dataset": config.get("dataset"),
             "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
             "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
             "budget": config.get("budget"),

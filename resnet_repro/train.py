@@ -214,7 +214,8 @@ class RunCLI(LightningCLI):
         kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         # the config as config.yaml holds it (as_dict keeps some init_args as the strings they were given as)
         record = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
-        kwargs["logger"] = make_loggers(run_dir, record, use_wandb=config.wandb and self.subcommand == "fit")
+        kwargs["logger"] = make_loggers(run_dir, record, self.datamodule.dataset,
+                                        use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
         if config.precise_bn_batches:
@@ -372,11 +373,11 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def make_loggers(run_dir: Path, config: dict, use_wandb: bool) -> list[Logger]:
+def make_loggers(run_dir: Path, config: dict, dataset: str, use_wandb: bool) -> list[Logger]:
     loggers: list[Logger] = [RunCSVLogger(run_dir)]
     # rank 0's alone: on another rank W&B's logger has no run, and would write its id, None, over rank 0's
     if use_wandb and rank_zero_only.rank == 0:
-        wandb_logger = start_wandb(run_dir, config)
+        wandb_logger = start_wandb(run_dir, config, dataset)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     return loggers
@@ -419,6 +420,7 @@ class RunSummary(L.Callback):
             "experiment": self.run_dir.parent.name,
             "model": pl_module.hparams.model,
             "data": type(trainer.datamodule).__name__,
+            "dataset": trainer.datamodule.dataset,  # "CIFAR-10 (JPEG copy)": the report labels the run's numbers by it
             "seed": int(os.environ.get("PL_GLOBAL_SEED", 0)),  # set by LightningCLI's seed_everything
             "shortcut": pl_module.hparams.shortcut,
             "params": pl_module.num_params,

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, cli_error, summary
 from resnet_repro.cli import main
 from resnet_repro.train import check_config, flatten
-from resnet_repro.experiments import SCHEDULE_KEYS, load_experiment
+from resnet_repro.experiments import SCHEDULE_KEYS, evaluation_interval, load_experiment
 from resnet_repro.module import ResNetClassifier
 
 TABLE6 = REPO / "experiments/cifar10/table6.yaml"
@@ -41,9 +41,27 @@ def test_a_budget_scales_every_iteration_count_and_nothing_else():
         changed = {key for key in whole_config if whole_config[key] != part_config[key]}
         assert changed == {*SCHEDULE_KEYS, "run_dir", "budget"}, whole.name  # batch, lr, data, augmentation: the paper's
         assert {key: part_config[key] for key in SCHEDULE_KEYS} == {
-            "trainer.max_steps": 2000, "model.milestones": [1000, 1500], "trainer.val_check_interval": 62,
+            # evaluations of the 10k test images every 62 iterations would cost 40% of the run: 8 of them instead
+            "trainer.max_steps": 2000, "model.milestones": [1000, 1500], "trainer.val_check_interval": 250,
             "checkpoint.every_n_train_steps": 62, "model.warmup_max_steps": 62}, whole.name
         assert part_config["budget"] == "1/32" and whole_config["budget"] is None
+
+
+@pytest.mark.parametrize("budget", [Fraction(1, 2), Fraction(1, 4), Fraction(1, 32), Fraction(1, 128), Fraction(1, 512)])
+@pytest.mark.parametrize("train_on_all", [True, False])
+def test_a_budget_run_evaluates_evenly_at_most_a_tenth_of_the_time_and_at_its_end(budget, train_on_all):
+    steps, batch, full_interval = round(64_000 * budget), 128, 2000
+    images = 10_000 + (0 if train_on_all else 5_000)  # CIFAR-10's test set, and the validation set when held out
+    interval = evaluation_interval(max(1, round(full_interval * budget)), steps, images, batch)
+    evaluations = steps // interval
+    # one evaluation costs as much as images / (3 batch) iterations: at most 1/9 of the training between two
+    share = evaluations * images / 3 / (steps * batch + evaluations * images / 3)
+    assert share <= 0.1 or evaluations == 1, (interval, share)  # one evaluation, the final one, whatever it costs
+    assert interval >= round(full_interval * budget)  # never more often than the schedule scaled
+    if round(full_interval * budget) >= 3 * images / batch:  # the scaled interval is cheap enough: kept
+        assert interval == round(full_interval * budget)
+    else:  # equal parts: the last point of the test curve is the final weights'
+        assert steps % interval == 0
 
 
 def test_the_scaled_schedule_is_the_full_one_compressed():

@@ -148,7 +148,7 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
 
     config, wandb_summary = wandb_records(folder / "plain20-s0")
     assert {key: config[key] for key in ["dataset", "family", "depth", "shortcut", "seed", "experiment"]} == {
-        "dataset": "Digits", "family": "plain", "depth": 20, "shortcut": "none", "seed": 0, "experiment": "exps-tiny"}
+        "dataset": "digits", "family": "plain", "depth": 20, "shortcut": "none", "seed": 0, "experiment": "exps-tiny"}
     saved = yaml.safe_load((folder / "plain20-s0" / "config.yaml").read_text())
     for section in ["model", "data", "trainer"]:  # the same values and types as config.yaml (no "128" strings)
         assert config[section] == saved[section], section

@@ -15,14 +15,14 @@ from resnet_repro.paper import paper_numbers
 from resnet_repro.report.tables import error_table, findings, format_table
 
 
-def make_run(root, name, model, seed, status, test_errors, train_error=0.05, data="CIFAR10DataModule", steps=200,
+def make_run(root, name, model, seed, status, test_errors, train_error=0.05, dataset="CIFAR-10", steps=200,
              shortcut=None, evaluations=None, noise=0.0):
     """A run directory with known numbers: `evaluations` {protocol: error}, else single_view at the last test
     error; training error constant (plus alternating +-noise)."""
     run = root / name
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({
-        "status": status, "model": model, "shortcut": shortcut, "seed": seed, "data": data, "params": 269_722,
+        "status": status, "model": model, "shortcut": shortcut, "seed": seed, "dataset": dataset, "params": 269_722,
         "steps": steps, "max_steps": 200, "wall_time_s": 61.4, "devices": 1, "device": "Intel Xeon",
         "git_revision": "abc123"}))
     rows = [{"step": s, "train/error": train_error + noise * (-1) ** s, "train/loss": 0.1, "lr": 0.1}
@@ -78,18 +78,40 @@ def test_the_markdown_shows_a_column_only_where_a_row_has_a_value_and_says_what_
     legend, _, markdown = format_table(table_of(experiment)).partition("\n\n")
     header = [cell.strip() for cell in markdown.splitlines()[0].strip("|").split("|")]
     # no budget (all full schedule); the rest has a value in some row: resnet20's paper and reference numbers
-    assert header == ["net", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
+    assert header == ["net", "data", "protocol", "metric", "runs", "ours", "statistic", "paper", "source", "difference",
                       "reference", "reference source", "train error", "test images", "params", "iterations"]
-    assert legend.startswith("`protocol`: the test protocol; `runs`: ") and "`budget`" not in legend
+    assert legend.startswith("`data`: the data set trained and tested on (a copy of the paper's is named: the paper's "
+                             "number then stands beside ours as context); `protocol`: the test protocol; `runs`: ")
+    assert "`budget`" not in legend
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
             for line in markdown.splitlines()[2:]}
-    assert rows["resnet20"][3:8] == ["2/3 finished; s2 failed", f"8.50±{math.sqrt(0.5):.2f} (mean±std of 2)",
+    assert rows["resnet20"][1] == "CIFAR-10"
+    assert rows["resnet20"][4:9] == ["2/3 finished; s2 failed", f"8.50±{math.sqrt(0.5):.2f} (mean±std of 2)",
                                      "one run", "8.75", "Table 6"]
-    assert rows["resnet56"][3:5] == ["0/1 finished; s0 running", ""] and rows["plain20"][4] == "12.00 (1 run)"
+    assert rows["resnet56"][4:6] == ["0/1 finished; s0 running", ""] and rows["plain20"][5] == "12.00 (1 run)"
     fashion = table_of(experiment)
     fashion = fashion[fashion.net == "plain20"].assign(reference=float("nan"), **{"reference source": ""})
     header = format_table(fashion).split("\n\n")[1].splitlines()[0]
     assert "paper" not in header and "reference" not in header and "difference" not in header
+
+
+def test_a_copy_of_cifar10_is_named_in_every_row_figure_and_readme_and_never_compared(tmp_path):
+    root = tmp_path / "runs" / "cifar10-jpeg-depth"
+    for name, model, error in [("plain20-s0", "plain20", 0.12), ("resnet20-s0", "resnet20", 0.09)]:
+        make_run(root, name, model, 0, "finished", [error], dataset="CIFAR-10 (JPEG copy)")
+    main(["report", str(root), "--out", str(tmp_path / "out")])
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("net")
+    assert (table.data == "CIFAR-10 (JPEG copy)").all()
+    # the paper's and the reference's numbers stand beside ours as context: no difference
+    assert (table.loc["resnet20", ["paper", "reference"]].tolist(), table.loc["resnet20", "difference"]) == (
+        [8.75, 8.27], pytest.approx(float("nan"), nan_ok=True))
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert "| resnet20 | CIFAR-10 (JPEG copy) |" in markdown
+    assert "8.75 (on CIFAR-10 itself: context, not comparable)" in markdown
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "**Trained and tested on CIFAR-10 (JPEG copy), not on the paper's own images" in readme
+    runs, _, curves = collect_runs([root])
+    assert training_curves(runs, curves).get_suptitle() == "CIFAR-10 (JPEG copy)"
 
 
 def test_best_of_n_and_mean_std_are_each_compared_with_their_own_statistic(tmp_path):
@@ -109,7 +131,7 @@ def test_table3_rows_are_keyed_by_shortcut_and_protocol(tmp_path):
     root = tmp_path / "runs" / "imagenet-table3"
     for name, model, shortcut in [("plain34-s0", "plain34", None), ("resnet34-A-s0", "resnet34", "A"),
                                   ("resnet34-B-s0", "resnet34", "B"), ("resnet34-C-s0", "resnet34", "C")]:
-        make_run(root, name, model, 0, "finished", [0.3], data="ImageNetDataModule", shortcut=shortcut,
+        make_run(root, name, model, 0, "finished", [0.3], dataset="ImageNet", shortcut=shortcut,
                  evaluations={"center": 0.30, "ten_crop": 0.28})
     table = table_of(root)
     ten_crop = table[table.protocol == "ten_crop"].set_index("net")
@@ -127,16 +149,16 @@ def test_a_resumed_runs_relogged_step_keeps_its_last_value(experiment):
 
 
 def test_paper_numbers_by_dataset_shortcut_and_protocol():
-    assert paper_numbers("ImageNetDataModule", "resnet34", "A", "ten_crop") == [  # Table 2's top-1, Table 3's top-5
+    assert paper_numbers("ImageNet", "resnet34", "A", "ten_crop") == [  # Table 2's top-1, Table 3's top-5
         {"statistic": "one run", "top1": 25.03, "source": "Tables 2, 3"},
         {"statistic": "one run", "top5": 7.76, "source": "Table 3"}]
-    assert paper_numbers("ImageNetDataModule", "plain34", None, "ten_crop")[0]["source"] == "Tables 2, 3"
-    assert paper_numbers("ImageNetDataModule", "resnet50", "B", "ten_crop")[0]["top5"] == 6.71
-    assert paper_numbers("ImageNetDataModule", "resnet50", "B", "multi_scale")[0]["top1"] == 20.74  # Table 4
-    assert paper_numbers("ImageNetDataModule", "resnet34", "B", "center") == []
-    assert paper_numbers("ImageNetDataModule", "plain18", None, "ten_crop")[0]["source"] == "Table 2"
-    assert paper_numbers("ImageNetDataModule", "resnet18", "B", "ten_crop") == []
-    assert paper_numbers("FashionMNISTDataModule", "resnet20", None, "single_view") == []
+    assert paper_numbers("ImageNet", "plain34", None, "ten_crop")[0]["source"] == "Tables 2, 3"
+    assert paper_numbers("ImageNet", "resnet50", "B", "ten_crop")[0]["top5"] == 6.71
+    assert paper_numbers("ImageNet", "resnet50", "B", "multi_scale")[0]["top1"] == 20.74  # Table 4
+    assert paper_numbers("ImageNet", "resnet34", "B", "center") == []
+    assert paper_numbers("ImageNet", "plain18", None, "ten_crop")[0]["source"] == "Table 2"
+    assert paper_numbers("ImageNet", "resnet18", "B", "ten_crop") == []
+    assert paper_numbers("Fashion-MNIST", "resnet20", None, "single_view") == []
 
 
 def test_the_figure_has_a_panel_per_family_with_dashed_train_and_bold_test_curves(experiment):
@@ -168,7 +190,7 @@ def test_figure6_has_the_papers_three_panels_from_two_folders(tmp_path):
 
 def test_imagenet_curves_are_the_validation_curves(tmp_path):
     root = tmp_path / "runs" / "imagenet-table2"
-    make_run(root, "plain18-s0", "plain18", 0, "finished", [0.3], data="ImageNetDataModule",
+    make_run(root, "plain18-s0", "plain18", 0, "finished", [0.3], dataset="ImageNet",
              evaluations={"ten_crop": 0.28})
     runs, _, curves = collect_runs([root])
     curves = curves[curves.metric != "test/error"]  # ImageNet logs validation during training, no test set
@@ -245,6 +267,7 @@ class FakeWandbRun:
     def __init__(self, name, seed, state, errors):
         self.name, self.state = name, state
         self.config = {"model": {"model": "resnet20", "shortcut": None, "num_classes": 10}, "seed_everything": seed,
+                       "dataset": "CIFAR-10",  # a flat column of the run's W&B config
                        "data": {"class_path": "resnet_repro.data.CIFAR10DataModule"}, "trainer": {"max_steps": 200}}
         self.summary = {"trainer/global_step": 200}
         self.history = [{"trainer/global_step": s, "train/error": 0.05, "lr": 0.1} for s in range(1, 201)]

@@ -17,7 +17,7 @@ from resnet_repro.report.figures import training_curves
 
 # In the order they are run: Table 3 takes two of Table 2's runs, Table 4 evaluates Table 3's.
 FILES = ["imagenet/table2.yaml", "imagenet/table3.yaml", "imagenet/table4.yaml", "cifar10/table6.yaml",
-         "cifar10/fig6-plain.yaml", "fashion/depth.yaml", "demo.yaml"]
+         "cifar10/fig6-plain.yaml", "cifar10/jpeg-depth.yaml", "fashion/depth.yaml", "demo.yaml"]
 PAPER = {  # (net, protocol, statistic) -> the paper's top-1 number the report must show beside ours
     "imagenet/table2.yaml": {("plain18", "ten_crop", "one run"): "27.94", ("plain34", "ten_crop", "one run"): "28.54",
                              ("resnet18-A", "ten_crop", "one run"): "27.88",
@@ -34,7 +34,11 @@ PAPER = {  # (net, protocol, statistic) -> the paper's top-1 number the report m
     "cifar10/table6.yaml": {("resnet20", "single_view", "one run"): "8.75", ("resnet1202", "single_view", "one run"): "7.93",
                             ("resnet110", "single_view", "best of 5"): "6.43",
                             ("resnet110", "single_view", "mean±std of 5"): "6.61±0.16"},
+    # a copy of CIFAR-10: the paper's numbers as context, with no difference (test_report)
+    "cifar10/jpeg-depth.yaml": {("resnet20", "single_view", "one run"): "8.75", ("resnet56", "single_view", "one run"): "6.97"},
 }
+DATASETS = {"cifar10/table6.yaml": "CIFAR-10", "cifar10/jpeg-depth.yaml": "CIFAR-10 (JPEG copy)",
+            "fashion/depth.yaml": "Fashion-MNIST", "imagenet/table2.yaml": "ImageNet", "demo.yaml": "digits"}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,10 @@ def test_a_miniature_goes_end_to_end_into_its_report(name, smoke_runs, tmp_path)
         assert shown[key] == number, key
     if name not in PAPER:  # plain nets and other datasets: no paper number to compare with
         assert table.paper.isna().all()
+    if name in DATASETS:  # every row names the data set the runs recorded
+        assert (table.data == DATASETS[name]).all()
+    if name == "cifar10/jpeg-depth.yaml":
+        assert table.difference.isna().all()
     assert "A miniature (`run --smoke`)" in (out / "README.md").read_text()
 
 

@@ -99,8 +99,11 @@ def layer_responses(model: nn.Module, batches: Iterable[Tensor], num_images: int
 
 
 def figure7(responses: pd.DataFrame) -> Figure:
-    """Top: std per layer in the original order; bottom: sorted by magnitude, largest first; a line per net."""
+    """Top: std per layer in the original order; bottom: sorted by magnitude, largest first; a line per net; the
+    data set's name above."""
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6))
+    if "dataset" in responses:
+        figure.suptitle(" and ".join(sorted(responses.dataset.dropna().unique())))
     for label, group in responses.groupby("label", sort=False):
         top.plot(group.layer, group["std"], marker=".", label=label)
         bottom.plot(range(1, len(group) + 1), group["std"].sort_values(ascending=False), marker=".", label=label)
@@ -177,8 +180,8 @@ def data_module_from(config_path: Path, from_run: bool):
 
 
 def load_run(checkpoint: Path, data_config: Path | None = None):
-    """(label, the trained LightningModule, its test images) of a checkpoint in a run directory; the images
-    come from the run's own config.yaml, or from the data section of `data_config`."""
+    """(label, the trained LightningModule, its test images, their data set's name) of a checkpoint in a run
+    directory; the images come from the run's own config.yaml, or from the data section of `data_config`."""
     from ..module import ResNetClassifier  # Lightning: imported only where a checkpoint is loaded
 
     checkpoint = Path(checkpoint)
@@ -197,7 +200,7 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
     images = (images for images, _ in datamodule.test_dataloader())
     # eager: the hooks read every 3x3 layer's output, and a net trained compiled need not pay to compile again here
     module = ResNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, compile_mode=None)
-    return checkpoint.parent.parent.name, module, images
+    return checkpoint.parent.parent.name, module, images, datamodule.dataset
 
 
 def find_checkpoints(paths: list[Path]) -> list[Path]:
@@ -223,13 +226,13 @@ def measure_runs(paths: list[Path], models: list[str] | None = None, num_images:
     resamples for every run) of the runs found in `paths`, or only those of `models`."""
     tables, runs, replicates, weights = [], [], {}, None
     for checkpoint in find_checkpoints(paths):
-        label, module, images = load_run(checkpoint, data_config)
+        label, module, images, dataset = load_run(checkpoint, data_config)
         if models and module.hparams.model not in models:
             continue
         moments = per_image_moments(module, images, num_images)
         if weights is None:
             weights = bootstrap_weights(len(next(iter(moments.values()))))
-        tables.append(response_table(moments, pool).assign(label=label, model=module.hparams.model))
+        tables.append(response_table(moments, pool).assign(label=label, model=module.hparams.model, dataset=dataset))
         runs.append({"label": label, "model": module.hparams.model, "mean_std": tables[-1]["std"].mean()})
         replicates[label] = mean_response(moments, pool, weights)
     if not tables:

@@ -4,20 +4,22 @@ from typing import Callable
 
 import lightning as L
 
-from . import cifar10, digits, fashion_mnist, imagenet
+from . import cifar10, cifar10_images, digits, fashion_mnist, imagenet
 from .cifar10 import CIFAR10DataModule
+from .cifar10_images import CIFAR10ImagesDataModule
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
 from .imagenet import ImageNetDataModule
 from .small_images import SmallImageDataModule
 
-__all__ = ["CIFAR10DataModule", "DigitsDataModule", "FashionMNISTDataModule", "ImageNetDataModule", "SmallImageDataModule",
+__all__ = ["CIFAR10DataModule", "CIFAR10ImagesDataModule", "DigitsDataModule", "FashionMNISTDataModule", "ImageNetDataModule", "SmallImageDataModule",
            "check_protocols", "data_module_class", "image_side", "standin_writer"]
 
 # Each data set's writer of small stand-in data in its real on-disk format (the miniatures and the tests read it
 # through the data module's own reader), by data module
 STANDIN_WRITERS: dict[type, Callable] = {
     CIFAR10DataModule: cifar10.write_standin,
+    CIFAR10ImagesDataModule: cifar10_images.write_standin,
     DigitsDataModule: digits.write_standin,
     FashionMNISTDataModule: fashion_mnist.write_standin,
     ImageNetDataModule: imagenet.write_standin,

@@ -57,6 +57,8 @@ class CIFAR10DataModule(SmallImageDataModule):
         download: download the batches there when they are missing
     """
 
+    dataset = "CIFAR-10"
+
     def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir, self.download = Path(data_dir), download

@@ -27,6 +27,9 @@ class DigitsDataModule(SmallImageDataModule):
             pixels than 32 to compute); the augmentation's padding scales with it (4 pixels of 32)
     """
 
+    dataset = "digits"
+    test_size = TEST_SIZE
+
     def __init__(self, val_size: NonNegativeInt = 200, image_size: Literal[8, 16, 32] = 32, **kwargs):
         super().__init__(val_size=val_size, **kwargs)
         self.image_size = image_size

@@ -53,6 +53,8 @@ class FashionMNISTDataModule(SmallImageDataModule):
         download: download the idx files there when none are found
     """
 
+    dataset = "Fashion-MNIST"
+
     def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir, self.download = Path(data_dir), download

@@ -203,6 +203,8 @@ class ImageNetDataModule(L.LightningDataModule):
         seed: the seed of the training order and augmentation
     """
 
+    dataset = "ImageNet"
+    test_size = 50_000  # the validation set, which is the test set
     val_splits = ["val"]  # the validation set is the test set; no separate split is held out
     protocols = ("center", "ten_crop", "multi_scale")
 
@@ -250,6 +252,11 @@ class ImageNetDataModule(L.LightningDataModule):
         if not folder.is_dir():
             raise FileNotFoundError(self.missing_data())
         return ImageFolder(str(folder), transform=transform, loader=read_image)
+
+    @classmethod
+    def validation_images(cls, init_args: dict) -> int:
+        """The images evaluated at each validation during fit (its centre crops)."""
+        return cls.test_size
 
     def setup(self, stage: str) -> None:
         self.rank, self.world_size = self.rank_and_world_size

@@ -165,6 +165,8 @@ class SmallImageDataModule(L.LightningDataModule):
         seed: the training stream's seed: each batch's images, crops and flips are a function of (seed, step)
     """
 
+    dataset = ""  # the data set's name as a run records it and the report shows it: "CIFAR-10", "Fashion-MNIST"
+    test_size = 10_000  # images in the test set (CIFAR-10's and Fashion-MNIST's)
     split_seed = 0
     pad = 4  # the paper's padding of 32 x 32 images before the random crop
     eval_protocol = "single_view"  # the paper's CIFAR-10 test: each original test image, once
@@ -176,6 +178,12 @@ class SmallImageDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_on_all, self.seed = val_size, train_on_all, seed
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    @classmethod
+    def validation_images(cls, init_args: dict) -> int:
+        """The images evaluated at each validation during fit, from the module's settings (nothing is read)."""
+        held_out = 0 if init_args.get("train_on_all") else init_args.get("val_size", 5000)
+        return cls.test_size + held_out
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(train images N x 3 x H x W uint8, train labels int64, test images, test labels)."""

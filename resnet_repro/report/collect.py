@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..rundir import read_summary, run_dirs, whole_lines
 
-RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "status", "params", "steps",
+RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "dataset", "status", "params", "steps",
                "max_steps", "budget", "train_error", "wall_time_s", "devices", "device", "git_revision", "command"]
 EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
 PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
@@ -106,7 +106,8 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
         runs.append({
             "run": name, "group": group_of(name, summary.get("seed")), "experiment": summary.get("experiment"),
             "model": summary.get("model"), "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
-            "data": summary.get("data"), "status": summary.get("status", "not started"),
+            "data": summary.get("data"), "dataset": summary.get("dataset"),
+            "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),
             "budget": summary.get("budget"), "train_error": final_train_window(metrics).mean(),
             "wall_time_s": summary.get("wall_time_s"), "devices": summary.get("devices"), "device": summary.get("device"),

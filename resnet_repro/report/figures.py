@@ -52,8 +52,8 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         ax.set(title=title, xlabel=x_label, ylabel="error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fractions = " and ".join(budgets(shown))
-    if fractions:  # never to be read as the paper's curves
-        figure.suptitle(f"at {fractions} of the paper's schedule (run --budget)")
+    datasets = " and ".join(sorted(shown.dataset.dropna().unique()))
+    fractions = " and ".join(budgets(shown))  # never to be read as the paper's curves
+    figure.suptitle(datasets + (f", at {fractions} of the paper's schedule (run --budget)" if fractions else ""))
     figure.tight_layout()
     return figure

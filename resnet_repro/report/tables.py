@@ -4,18 +4,20 @@ protocol and as the same statistic) and the paper's findings, each checked again
 import pandas as pd
 
 from ..models import get_spec
-from ..paper import paper_numbers, reference_number
+from ..paper import PAPER_DATASETS, copied_dataset, paper_numbers, reference_number
 from ..stats import bootstrap_difference, verdict
 from .collect import final_train_window
 
 
 NAN = float("nan")
-COLUMNS = ["net", "shortcut", "budget", "protocol", "metric", "runs", "finished", "unfinished", "n", "mean", "std",
+COLUMNS = ["net", "data", "shortcut", "budget", "protocol", "metric", "runs", "finished", "unfinished", "n", "mean", "std",
            "best", "ours", "statistic", "paper", "paper std", "source", "difference", "reference", "reference source",
            "train error", "test images", "params", "iterations"]
 # table.md's columns, each with the line that says what it holds; one is shown only where some row has a value
 SHOWN = {
     "net": "",
+    "data": "the data set trained and tested on (a copy of the paper's is named: the paper's number then stands "
+            "beside ours as context)",
     "budget": "the fraction of the paper's schedule trained (the paper's number then stands beside ours as context)",
     "protocol": "the test protocol",
     "metric": "",
@@ -46,7 +48,8 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
     the finished runs' latest evaluation under that protocol: their number n, mean, std (ddof=1) and best, and
     `ours`, the one compared with the paper's number of the same statistic: our best beside a best of N, our
     mean beside a mean±std or a single run (the only estimate of one run's value we have). A run at a budget (a
-    fraction of the paper's schedule) is never compared: the paper's number stands beside it, with no difference."""
+    fraction of the paper's schedule) or on a copy of the paper's data set (a JPEG copy of CIFAR-10) is never
+    compared: the paper's number stands beside it, with no difference."""
     rows = []
     for group_name, group in runs.groupby("group", sort=False):
         if (group.status == "not started").all():  # listed in experiment.json, nothing to say yet: the README lists it
@@ -58,13 +61,14 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
             budget = first.budget if isinstance(first.budget, str) else None  # None: the full schedule
             # the option as built, the family's default filled in
             shortcut = get_spec(first.model).shortcut(first.shortcut)
-            base = {"net": group_name, "shortcut": shortcut, "budget": budget or "full",
+            comparable = budget is None and first.dataset in PAPER_DATASETS
+            base = {"net": group_name, "data": first.dataset, "shortcut": shortcut, "budget": budget or "full",
                     "protocol": protocol or "not evaluated", "runs": len(group), "finished": len(done),
                     "unfinished": unfinished(group), "train error": 100 * done.train_error.mean(),
                     "test images": here.images.max() if len(here) else NAN, "params": first.params,
                     "iterations": done.steps.max() if len(done) else first.max_steps}
-            papers = paper_numbers(first.data, first.model, shortcut, protocol) if protocol else []
-            reference = (reference_number(first.data, first.model, shortcut, protocol) if protocol else None) or {}
+            papers = paper_numbers(first.dataset, first.model, shortcut, protocol) if protocol else []
+            reference = (reference_number(first.dataset, first.model, shortcut, protocol) if protocol else None) or {}
             for metric, column, key in [("top-1", "error", "top1"), ("top-5", "top5_error", "top5")]:
                 errors = 100 * here[column].dropna()
                 if metric == "top-5" and errors.empty:
@@ -79,7 +83,7 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
                     rows.append({**base, "metric": metric, **ours, "ours": compared, "statistic": statistic,
                                  "paper": number, "paper std": paper.get("top1_std", NAN) if key == "top1" else NAN,
                                  "source": paper.get("source", ""),
-                                 "difference": NAN if budget else compared - number,
+                                 "difference": compared - number if comparable else NAN,
                                  "reference": reference.get(key, NAN),
                                  "reference source": reference["source"] if key in reference else ""})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -98,7 +102,9 @@ def paper_text(row: pd.Series) -> str:
     if pd.isna(row["paper"]):
         return ""
     text = f"{row['paper']:.2f}" + (f"±{row['paper std']:.2f}" if pd.notna(row["paper std"]) else "")
-    return text + (" (full schedule: context, not comparable)" if row["budget"] != "full" else "")
+    unlike = [*(["full schedule"] if row["budget"] != "full" else []),
+              *([f"on {copied_dataset(row['data'])} itself"] if row["data"] not in PAPER_DATASETS else [])]
+    return text + (f" ({', '.join(unlike)}: context, not comparable)" if unlike else "")
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -108,7 +114,7 @@ def format_table(table: pd.DataFrame) -> str:
         return lambda x: "" if pd.isna(x) else format_.format(x)
 
     shown = pd.DataFrame({
-        "net": table.net, "budget": table.budget.where(table.budget != "full", ""), "protocol": table.protocol,
+        "net": table.net, "data": table.data, "budget": table.budget.where(table.budget != "full", ""), "protocol": table.protocol,
         "metric": table.metric,
         "runs": [f"{r.finished}/{r.runs} finished" + (f"; {r.unfinished}" if r.unfinished else "")
                  for r in table.itertuples()],
@@ -124,9 +130,10 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
-    """The paper's two findings on the finished nets' final training error (the last 5% of iterations, per
-    seed): a deeper plain net trains worse than a shallower one (degradation), and a residual net trains
-    better than its plain twin; each with a 95% bootstrap interval over seeds and iterations."""
+    """The paper's three findings on the finished nets' final training error (the last 5% of iterations, per
+    seed): a deeper plain net trains worse than a shallower one (degradation), a residual net trains better than
+    its plain twin, and a deeper residual net better than a shallower one (Figure 6, middle); each with a 95%
+    bootstrap interval over seeds and iterations."""
     done = runs[(runs.status == "finished") & runs.model.notna()]
     samples = {}
     for model, group in done.groupby("model"):
@@ -148,4 +155,6 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     lines = [line("Degradation", deep, shallow) for shallow, deep in zip(plain, plain[1:])]
     lines += [line("Residual learning", specs[model].plain_twin, model) for model in by_depth
               if specs[model].plain_twin in samples]
+    residual = [model for model in by_depth if specs[model].residual]
+    lines += [line("Depth with residual learning", shallow, deep) for shallow, deep in zip(residual, residual[1:])]
     return lines

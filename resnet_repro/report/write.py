@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..files import staged
+from ..paper import PAPER_DATASETS, copied_dataset
 from ..rundir import read_manifest
 from .collect import budgets, collect_runs
 from .figures import training_curves
@@ -50,6 +51,11 @@ def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
                "works, nothing about the paper.**\n\n" if smoke else "")
     fractions = " and ".join(budgets(runs))
     at_budget = f" at {fractions} of the paper's schedule" if fractions else ""
+    copies = sorted({dataset for dataset in runs.dataset.dropna() if copied_dataset(dataset) in PAPER_DATASETS
+                     and dataset not in PAPER_DATASETS})
+    if copies:
+        warning += (f"**Trained and tested on {' and '.join(copies)}, not on the paper's own images: the paper's "
+                    f"numbers stand beside ours as context only, with no difference computed.**\n\n")
     if fractions:
         warning += (f"**Trained for {fractions} of the paper's schedule (`run --budget`): every iteration "
                     f"count scaled, nothing else. The paper's numbers, of the full schedule, stand beside ours as "
