@@ -19,13 +19,14 @@ This module is that contract on disk: what reads or checks these files (the repo
 else, and neither torch nor Lightning is imported until a checkpoint is read.
 """
 
+import csv
 import fcntl
 import os
 import socket
 import sys
 from pathlib import Path
 
-from .files import read_json, write_json_atomically
+from .files import read_json, write_atomically, write_json_atomically
 
 EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
@@ -116,6 +117,32 @@ def repair_torn_line(path: Path) -> None:
         os.remove(path)  # only a torn header was there
 
 
+def metrics_rows(run_dir: Path) -> list[tuple[int, dict[str, float]]]:
+    """metrics.csv as written, one (iteration, {metric: value}) per row, the row's empty cells left out."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [(int(row.pop("step")), {key: float(value) for key, value in row.items() if value})
+                for row in csv.DictReader(f)]
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Removes the rows of a metrics.csv logged after iteration `step` (a resumed run logs them again, from its
+    checkpoint), byte for byte keeping the others, so that the file of a run resumed any number of times is the
+    uninterrupted run's. Without any row left the file goes too, as before a run's first row."""
+    with open(path, "rb") as f:
+        header, *rows = f.read().splitlines(keepends=True)
+    column = header.decode().rstrip("\r\n").split(",").index("step")
+    kept = [row for row in rows if int(next(csv.reader([row.decode()]))[column]) <= step]
+    if len(kept) == len(rows):
+        return
+    if kept:
+        write_atomically(path, lambda tmp: tmp.write_bytes(header + b"".join(kept)))
+    else:
+        os.remove(path)
+
+
 def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
     """(iteration, training error) of the last training row of metrics.csv, reading its header and its last few
     KB only; None while there is none."""
@@ -133,6 +160,21 @@ def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def run_progress(run_dir: Path) -> tuple[int, float | None] | None:
+    """(iteration, training error) of a run as it goes: the iteration from summary.json, which a fit renews every
+    few seconds, or from metrics.csv's latest training row where that is later; the error from that row (rows
+    reach the file less often); None before either holds an iteration."""
+    row = latest_training_row(run_dir)
+    try:
+        steps = read_summary(run_dir).get("steps")
+    except ValueError:  # a summary.json of another shape: the row alone
+        steps = None
+    if not isinstance(steps, int) and row is None:
+        return None
+    iteration = max(steps if isinstance(steps, int) else 0, row[0] if row else 0)
+    return iteration, row[1] if row else None
 
 
 def read_manifest(folder: Path) -> dict | None:

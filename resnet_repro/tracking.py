@@ -9,6 +9,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from .models import get_spec
+from .rundir import metrics_rows
 
 INIT_TIMEOUT_S = 20  # how long a W&B run may take to start before this run goes on with CSV only
 
@@ -29,6 +30,8 @@ def start_wandb(run_dir: Path, config: dict, dataset: str) -> Logger | None:
                                 config={**config, **columns}, settings=settings)
         logger.experiment  # start W&B now, so that a failure to start shows here and not mid-run
         id_file.write_text(logger.version + "\n")
+        if run_id:
+            take_up_history(logger, run_dir)
         return logger
     except Exception as error:
         reason = (str(error).strip().splitlines() or [""])[0]
@@ -59,10 +62,38 @@ def wandb_columns(run_dir: Path, config: dict, dataset: str) -> dict:
 class RunWandbLogger(WandbLogger):
     """The W&B config is the run's config (as config.yaml holds it) and its flat columns, given once at the start.
     Lightning's own record of the module's hyperparameters, at the start of fit and of each test, is left out:
-    it would add a second copy with `shortcut: None` (the family's default) beside the `shortcut` column."""
+    it would add a second copy with `shortcut: None` (the family's default) beside the `shortcut` column. Rows of
+    iterations that W&B already holds (`logged_through`, see take_up_history) are not logged again."""
+
+    logged_through = 0
 
     def log_hyperparams(self, params) -> None:
         pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if step is None or step > self.logged_through:
+            super().log_metrics(metrics, step)
+
+
+def take_up_history(logger: RunWandbLogger, run_dir: Path) -> None:
+    """A resumed run's W&B record goes on with the run's one history, keyed by the iteration. Offline, each session
+    is a new record (`wandb sync` of an older one after it would replace the history): it is given the whole
+    history so far, the rows of metrics.csv (cut at the iteration the run resumes from). Online, W&B's server holds
+    the run up to its last logged iteration: it gets the rows it lacks, and the iterations the resumed run repeats
+    up to there are not sent again."""
+    known = logger.experiment.summary.get("trainer/global_step")  # None in a new offline record
+    for step, metrics in metrics_rows(run_dir):
+        if known is None or step > known:
+            WandbLogger.log_metrics(logger, metrics, step)
+    logger.logged_through = known or 0
+
+
+def newest_offline_records(run_dirs: list[Path]) -> list[Path]:
+    """Each run's newest offline W&B record (`wandb/offline-run-<time>-<id>`): a resumed run's holds its whole
+    history (take_up_history), and it alone is to be uploaded."""
+    newest = [max(records, key=lambda record: (record.name.split("-")[2], record.stat().st_mtime_ns))
+              for records in (sorted(Path(run).glob("wandb/offline-run-*")) for run in run_dirs) if records]
+    return sorted(newest)
 
 
 def has_wandb_key() -> bool:

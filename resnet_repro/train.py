@@ -40,7 +40,8 @@ from .hardware import device_name
 from .models import get_spec
 from .models.size import count_macs, count_params, meta_model
 from .module import ResNetClassifier
-from .rundir import EVALUATION_PREFIXES, RunLock, final_errors, last_checkpoint, read_checkpoint, read_summary, repair_torn_line
+from .rundir import (EVALUATION_PREFIXES, RunLock, drop_rows_after, final_errors, last_checkpoint, read_checkpoint,
+                     read_summary, repair_torn_line)
 from .tracking import finish_wandb, start_wandb
 
 TRAINER_DEFAULTS = {
@@ -164,6 +165,7 @@ class RunCLI(LightningCLI):
         self.command = command  # the command line, for the run's summary
         self.lock: RunLock | None = None  # held from the checks before anything is written to the end
         self.config_change: dict | None = None  # an accepted change of a resumed run's settings
+        self.resumed_at: int | None = None  # the iteration a fit starts from (0 for a new run); None: not a fit
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -215,7 +217,7 @@ class RunCLI(LightningCLI):
         # the config as config.yaml holds it (as_dict keeps some init_args as the strings they were given as)
         record = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
         kwargs["logger"] = make_loggers(run_dir, record, self.datamodule.dataset,
-                                        use_wandb=config.wandb and self.subcommand == "fit")
+                                        use_wandb=config.wandb and self.subcommand == "fit", resumed_at=self.resumed_at)
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
         if config.precise_bn_batches:
@@ -255,6 +257,7 @@ class RunCLI(LightningCLI):
         if config.ckpt_path is None and checkpoint.is_file():
             config.ckpt_path = str(checkpoint)
         resumed_at = read_checkpoint(Path(config.ckpt_path))["global_step"] if config.ckpt_path else 0
+        self.resumed_at = resumed_at
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             return
@@ -332,10 +335,15 @@ def git_revision() -> str:
 
 
 class AppendingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str):
+    """Appends to the run's metrics.csv; a fit first drops the rows after the iteration it resumes from
+    (`keep_through`), which it logs again, so that the file ends as the uninterrupted run's."""
+
+    def __init__(self, log_dir: str, keep_through: int | None):
         super().__init__(log_dir)
         if os.path.isfile(self.metrics_file_path):
             repair_torn_line(Path(self.metrics_file_path))
+        if os.path.isfile(self.metrics_file_path) and keep_through is not None:
+            drop_rows_after(Path(self.metrics_file_path), keep_through)
         if os.path.isfile(self.metrics_file_path):  # continue with the columns already in the file
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
@@ -359,28 +367,36 @@ class AppendingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """metrics.csv directly in the run directory, appended to on resume (the reader keeps, for a step
-    logged twice, its last row: the resumed run's)."""
+    """metrics.csv directly in the run directory, appended to by evaluations and, from the iteration it resumes
+    from, by a resumed fit."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, keep_through: int | None):
         super().__init__(run_dir, name="", version="")
+        self.keep_through = keep_through
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
-            self._experiment = AppendingWriter(log_dir=self.log_dir)
+            self._experiment = AppendingWriter(log_dir=self.log_dir, keep_through=self.keep_through)
         return self._experiment
 
 
-def make_loggers(run_dir: Path, config: dict, dataset: str, use_wandb: bool) -> list[Logger]:
-    loggers: list[Logger] = [RunCSVLogger(run_dir)]
+def make_loggers(run_dir: Path, config: dict, dataset: str, use_wandb: bool, resumed_at: int | None) -> list[Logger]:
+    """metrics.csv and, for a fit, W&B. A resumed fit's metrics.csv loses its rows after `resumed_at` first (the
+    CSV writer is made now), so that W&B takes up the run's history from the file as the run goes on from there."""
+    csv_logger = RunCSVLogger(run_dir, keep_through=resumed_at)
+    csv_logger.experiment
+    loggers: list[Logger] = [csv_logger]
     # rank 0's alone: on another rank W&B's logger has no run, and would write its id, None, over rank 0's
     if use_wandb and rank_zero_only.rank == 0:
         wandb_logger = start_wandb(run_dir, config, dataset)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     return loggers
+
+
+PROGRESS_EVERY_S = 10  # how often summary.json's iteration is renewed while training: the live view of `run` reads it
 
 
 class RunSummary(L.Callback):
@@ -396,6 +412,7 @@ class RunSummary(L.Callback):
         self.started = time.monotonic()
         self.images_trained = 0  # by all ranks, in this session's training iterations
         self.first_batch_at = self.last_batch_at = None
+        self.written_at = time.monotonic()
 
     def throughput(self) -> dict:
         """train_images_per_s: the images of this session's iterations over the time from the start of its first to
@@ -411,6 +428,7 @@ class RunSummary(L.Callback):
         summary = {k: v for k, v in read_summary(self.run_dir).items() if k not in drop}
         errors = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EVALUATION_PREFIXES)}
         write_json_atomically(self.run_dir / "summary.json", {**summary, **fields, **errors})
+        self.written_at = time.monotonic()
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:
         device = trainer.strategy.root_device
@@ -448,6 +466,9 @@ class RunSummary(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.images_trained += len(batch[1]) * trainer.world_size  # each rank's share of the global batch
         self.last_batch_at = time.monotonic()
+        # rank 0's clock alone decides (only rank 0 writes it, and no rank waits for another)
+        if trainer.is_global_zero and self.last_batch_at - self.written_at >= PROGRESS_EVERY_S:
+            self.write(trainer, pl_module, "running")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":

@@ -1,5 +1,6 @@
 """Callbacks for tests: a real SIGKILL of the training process at a given iteration, or a pause there."""
 
+import json
 import os
 import signal
 import time
@@ -51,3 +52,14 @@ class SleepAfterStep(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class RecordProgress(L.Callback):
+    """Appends what `run`'s live view would read of the run (rundir.run_progress) at the start of every iteration to
+    `<run_dir>/progress.jsonl`."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from resnet_repro.rundir import run_progress
+
+        with open(f"{trainer.default_root_dir}/progress.jsonl", "a") as f:
+            f.write(json.dumps([trainer.global_step, run_progress(trainer.default_root_dir)]) + "\n")

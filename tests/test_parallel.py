@@ -2,10 +2,10 @@
 others alone, a stopped sweep stops every run and resumes, the live view's plain lines; the SLURM array job; the
 W&B columns and summary."""
 
+import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -29,8 +29,8 @@ RUNS = ["plain20-s0", "resnet20-s0", "resnet20-B-s0"]
 WANDB = {"when": {"model.model": "plain20"}, "set": {"wandb": True}}  # one run logs to W&B (offline)
 KILL = {"when": {"model.model": "resnet20", "model.shortcut": None},  # a fit that fails: killed at iteration 3
         "set": {"trainer.callbacks": [{"class_path": "killer.KillAtStep", "init_args": {"step": 3}}]}}
-PAUSE = {"when": {"model.shortcut": "B"},  # a fit that waits at iteration 3 until it is stopped
-         "set": {"trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": 3}}]}}
+PAUSE = {"when": {"model.shortcut": "B"},  # a fit that waits at iteration 3 until it is stopped; with W&B (offline)
+         "set": {"trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": 3}}], "wandb": True}}
 
 
 def write_experiment(folder: Path, patches: list[dict]) -> Path:
@@ -43,28 +43,21 @@ def write_experiment(folder: Path, patches: list[dict]) -> Path:
     return path
 
 
-def wandb_records(run_dir: Path) -> tuple[dict, dict]:
-    """(config, summary) of a run's offline W&B run, read from its .wandb file (a LevelDB-style log of protobuf
-    records in 32 KiB blocks; this W&B version writes no config.yaml or wandb-summary.json offline)."""
-    from wandb.proto import wandb_internal_pb2
-
-    [path] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, position, pending, config, summary_ = path.read_bytes(), 7, b"", {}, {}  # after the file's header
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:  # a block's tail too short for a chunk header is padding
-            position += 32768 - position % 32768
-            continue
-        length, kind = struct.unpack("<HB", data[position + 4:position + 7])  # after the chunk's CRC
-        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            items = {"run": record.run.config.update, "config": record.config.update,
-                     "summary": record.summary.update}.get(record.WhichOneof("record_type"), [])
-            target = summary_ if record.HasField("summary") else config
-            target.update({item.key or "/".join(item.nested_key): yaml.safe_load(item.value_json) for item in items})
-    return config, summary_
+def wandb_records(record: Path) -> tuple[dict, dict, list[dict]]:
+    """(config, summary, history rows) of an offline W&B record, read back by W&B's own reader of its .wandb file
+    (`wandb leet inspect --json`: one JSON object per record)."""
+    printed = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(record)],
+                             capture_output=True, text=True, check=True).stdout
+    config, summary_, history = {}, {}, []
+    for record in map(json.loads, printed.splitlines()):
+        kind = record["type"]
+        if kind in ("run", "config"):
+            config.update((record["run"] if kind == "run" else record)["config"]["update"])
+        elif kind == "summary":
+            summary_.update(record["summary"]["update"])
+        elif kind == "history":
+            history.append(record["history"]["item"])
+    return config, summary_, history
 
 
 def wait_for(condition, what: str, seconds: float = 240) -> None:
@@ -122,12 +115,20 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     assert [line for line in task if line.startswith("    srun ")][0].startswith("    srun --kill-on-bad-exit=1 resnet-repro fit ")
     assert "  1)  # resnet20-B-s0" in job and "plain20-s0" not in "\n".join(job)
 
-    write_experiment(tmp_path / "sweep", [WANDB])  # the same runs, without the kill and the pause
+    write_experiment(tmp_path / "sweep", [WANDB, {**PAUSE, "set": {"wandb": True}}])  # no kill, no pause
     main(command)  # here: this process has imported everything already (its children are fresh processes)
     out = capsys.readouterr().out
     assert "plain20-s0: finished, skipped" in out
-    # W&B's offline hint once, for the whole experiment (each fit's own is in its fit.log)
-    assert out.count("wandb sync") == 1 and f"wandb sync {folder}/*/wandb/offline-run-*" in out
+    # W&B's offline hint once, for the whole experiment (each fit's own is in its fit.log): each run's newest record
+    [first, resumed] = sorted((folder / "resnet20-B-s0").glob("wandb/offline-run-*"))  # stopped, then resumed
+    [plain] = (folder / "plain20-s0").glob("wandb/offline-run-*")
+    assert out.count("wandb sync") == 1 and f"wandb sync {plain} {resumed}\n" in out
+    # the resumed run's newest record holds its one history, each iteration once, keyed by the iteration
+    history = [row for row in wandb_records(resumed)[2] if "train/error" in row]
+    expected = read_metrics(folder / "resnet20-B-s0")
+    expected = expected[expected.metric == "train/error"]
+    assert [row["trainer/global_step"] for row in history] == [1, 2, 3, 4, 5, 6] == expected.step.tolist()
+    assert [row["train/error"] for row in history] == pytest.approx(expected.value.tolist())
     assert all(summary(folder / name)["status"] == "finished" for name in RUNS)
 
     # the same runs trained by `fit` one after another in this process, on the CPU threads a run side by side had:
@@ -146,7 +147,7 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
         assert set(expected.metric) >= {"train/loss", "val/error", "test/single_view/error"}
         pd.testing.assert_frame_equal(read_metrics(folder / name), expected, check_exact=True, obj=name)
 
-    config, wandb_summary = wandb_records(folder / "plain20-s0")
+    config, wandb_summary, _ = wandb_records(plain)
     assert {key: config[key] for key in ["dataset", "family", "depth", "shortcut", "seed", "experiment"]} == {
         "dataset": "digits", "family": "plain", "depth": 20, "shortcut": "none", "seed": 0, "experiment": "exps-tiny"}
     saved = yaml.safe_load((folder / "plain20-s0" / "config.yaml").read_text())
@@ -228,6 +229,47 @@ def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path
     state = summary(run)
     # 4 iterations of 8 images, each at least 0.25 s: at most 32 images/s, and more than 32 over the whole fit's time
     assert 32 / state["wall_time_s"] < state["train_images_per_s"] <= 32
+
+
+def test_the_live_view_sees_a_fits_iteration_long_before_its_first_rows_reach_metrics_csv(tmp_path, monkeypatch):
+    from conftest import fit
+    from resnet_repro import train
+
+    monkeypatch.setattr(train, "PROGRESS_EVERY_S", 0)  # summary.json renewed after every iteration (10 s in a real run)
+    run = tmp_path / "exp" / "r"
+    fit("--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(run), "--trainer.max_steps", "5",
+        "--data.init_args.batch_size", "8", "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "100",
+        "--trainer.callbacks+=killer.RecordProgress")
+    seen = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    # at the start of iteration k + 1 the view reads iteration k, with no training error yet (no row is flushed
+    # before iteration 100 or the end)
+    assert seen == [[0, [0, None]], [1, [1, None]], [2, [2, None]], [3, [3, None]], [4, [4, None]]]
+
+
+def test_a_resumed_run_online_sends_w_and_b_only_the_rows_its_server_lacks(tmp_path):
+    from resnet_repro.tracking import RunWandbLogger, take_up_history
+
+    run = tmp_path / "r"
+    run.mkdir()  # cut at iteration 3, which the run resumes from
+    (run / "metrics.csv").write_text("lr,step,train/error\n0.1,1,0.9\n0.1,2,0.8\n0.1,3,0.7\n")
+    sent = []
+
+    class ServerRun:  # W&B's run, resumed online: its server holds iterations up to 2 ... or up to 5
+        summary = {"trainer/global_step": 2}
+
+        def log(self, row):
+            sent.append(row)
+
+    logger = RunWandbLogger(offline=True)
+    logger._experiment = ServerRun()
+    take_up_history(logger, run)
+    assert sent == [{"lr": 0.1, "train/error": 0.7, "trainer/global_step": 3}]
+    ServerRun.summary = {"trainer/global_step": 5}  # the session before died after logging iteration 5
+    sent.clear()
+    take_up_history(logger, run)
+    for step in (4, 5, 6):  # the resumed run repeats iterations 4 and 5: W&B has them
+        logger.log_metrics({"train/error": 0.5}, step=step)
+    assert sent == [{"train/error": 0.5, "trainer/global_step": 6}]
 
 
 def test_the_gpu_pool_shares_gpus_by_runs_per_gpu_and_gives_multi_gpu_runs_whole_gpus():

@@ -8,6 +8,7 @@ lack) and interrupted ones resume, so rerunning the same command completes an ex
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
 from ..rundir import last_checkpoint, read_summary, write_manifest
+from ..tracking import newest_offline_records
 from ..train import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
 from .miniature import smoke_args
@@ -183,18 +185,18 @@ def run_command(argv: list[str]) -> None:
     else:
         failed = write_scripts(args, experiment, runs_root, tasks)
     if args.launcher == "local":
-        print_wandb_sync(sorted({runs_root / run.experiment for run in runs}))
+        print_wandb_sync([runs_root / run.experiment / run.name for run in runs])
     if failed:
         sys.exit(f"resnet-repro run: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
                  f"(rerun the same command to resume them)")
 
 
-def print_wandb_sync(folders: list[Path]) -> None:
-    """The one `wandb sync` command that uploads the experiment's offline W&B runs (each fit's own hint is in its
-    log), when there are any."""
-    if any(next(folder.glob("*/wandb/offline-run-*"), None) for folder in folders):
-        patterns = " ".join(f"{shown(folder)}/*/wandb/offline-run-*" for folder in folders)
-        print(f"W&B ran offline; to upload these runs: wandb sync {patterns}")
+def print_wandb_sync(run_dirs: list[Path]) -> None:
+    """The one `wandb sync` command that uploads the runs' offline W&B records, when there are any: each run's
+    newest, which holds its whole history however often it was resumed (each fit's own hint is in its log)."""
+    records = newest_offline_records(run_dirs)
+    if records:
+        print(f"W&B ran offline; to upload these runs: wandb sync {shlex.join(map(shown, records))}")
 
 
 def missing_data(runs: list[Run]) -> dict[str, bool]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import run_command
-from ..rundir import latest_training_row, read_summary
+from ..rundir import read_summary, run_progress
 from ..train import lightning_command
 
 POLL_S = 1.0  # how often the children are checked and the view redrawn
@@ -110,7 +110,7 @@ class Job:
     device: str = ""
     gpus: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
-    progress: tuple[int, float] | None = None  # (iteration, training error) of the latest row of metrics.csv
+    progress: tuple[int, float | None] | None = None  # (iteration, training error) as the run reports it (run_progress)
     first_move: tuple[float, int] | None = None  # (time, iteration) when this command's first new row was seen
     last_move: tuple[float, int] | None = None  # (time, iteration) when its latest new row was seen
     images_per_s: float | None = None  # once its fit has ended: the run's own figure, from summary.json
@@ -259,22 +259,22 @@ def start_next(job: Job, threads: int | None) -> None:
         log.flush()
         job.process = start_child(args, env, log)
     job.status = "starting" if args[0] == "fit" else "testing"
-    job.progress, job.first_move, job.last_move = latest_training_row(job.run_dir), None, None
+    job.progress, job.first_move, job.last_move = run_progress(job.run_dir), None, None
 
 
 def settle(job: Job) -> None:
     """A job whose last command has ended, or was stopped: its final row, and its training rate as the run measured it itself (a
     short fit may end between two looks of the view, before it had two rows to time)."""
-    job.progress = latest_training_row(job.run_dir) or job.progress
+    job.progress = run_progress(job.run_dir) or job.progress
     job.images_per_s = read_summary(job.run_dir).get("train_images_per_s")
 
 
 def observe(job: Job) -> None:
-    """Read the run's latest training row; a fit that has written one since it started is training."""
-    progress = latest_training_row(job.run_dir)
+    """Read the run's progress; a fit whose iteration has moved since it started is training."""
+    progress = run_progress(job.run_dir)
     if job.status == "testing" or progress is None:
         return
-    if progress != job.progress:
+    if progress[0] != (job.progress or (None,))[0]:
         job.last_move = (time.monotonic(), progress[0])
         job.first_move = job.first_move or job.last_move
         job.status = "training"
