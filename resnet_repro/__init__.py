@@ -15,7 +15,7 @@ PUBLIC = {
     "ResNetClassifier": "module",
     "collect_runs": "report.collect", "read_metrics": "report.collect",
     "error_table": "report.tables", "findings": "report.tables",
-    "training_curves": "report.figures", "smoothed_train_error": "report.figures",
+    "training_curves": "report.figures", "smoothed_train_error": "report.figures", "seed_spread": "report.figures",
     "measure_runs": "analysis.responses", "layer_responses": "analysis.responses",
     "figure7": "analysis.responses", "response_findings": "analysis.responses",
 }

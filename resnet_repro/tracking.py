@@ -47,12 +47,9 @@ def wandb_columns(run_dir: Path, config: dict, dataset: str) -> dict:
     group by family, colour by depth): dataset (as the data module names it: "CIFAR-10 (JPEG copy)"), family (plain
     / residual), depth, shortcut, seed, experiment, budget (the fraction of the paper's schedule: "1" for the full
     one)."""
-    spec = get_spec(config["model"]["model"])
     return {
         "dataset": dataset,
-        "family": spec.kind,
-        "depth": spec.depth,
-        "shortcut": spec.shortcut(config["model"]["shortcut"]) or "none",
+        **get_spec(config["model"]["model"]).columns(config["model"]["shortcut"]),
         "seed": config["seed_everything"],
         "experiment": Path(run_dir).parent.name,
         "budget": config.get("budget") or "1",
@@ -133,7 +130,8 @@ def collect_wandb(project: str, group: str) -> tuple:
         history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
         params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
         summary = {
-            "experiment": group, "model": model["model"], "shortcut": model.get("shortcut"),
+            "experiment": group, "model": model["model"],
+            **get_spec(model["model"]).columns(model.get("shortcut")),
             "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
             "dataset": config.get("dataset"),
             "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),

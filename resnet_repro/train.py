@@ -440,7 +440,7 @@ class RunSummary(L.Callback):
             "data": type(trainer.datamodule).__name__,
             "dataset": trainer.datamodule.dataset,  # "CIFAR-10 (JPEG copy)": the report labels the run's numbers by it
             "seed": int(os.environ.get("PL_GLOBAL_SEED", 0)),  # set by LightningCLI's seed_everything
-            "shortcut": pl_module.hparams.shortcut,
+            **get_spec(pl_module.hparams.model).columns(pl_module.hparams.shortcut),  # family, depth, shortcut
             "params": pl_module.num_params,
             "steps": trainer.global_step,
             "max_steps": trainer.max_steps,

@@ -70,7 +70,7 @@ def test_the_table_cells(experiment):
     assert (r56["finished"], r56["unfinished"], r56["protocol"], r56["n"]) == (0, "s0 running", "not evaluated", 0)
     assert math.isnan(r56["ours"])
     p20 = table.loc["plain20"]
-    assert p20["ours"] == 12 and p20["n"] == 1 and math.isnan(p20["std"]) and pd.isna(p20["shortcut"])
+    assert p20["ours"] == 12 and p20["n"] == 1 and math.isnan(p20["std"]) and p20["shortcut"] == "none"
     assert math.isnan(p20["paper"]) and math.isnan(p20["difference"])
 
 
@@ -111,7 +111,7 @@ def test_a_copy_of_cifar10_is_named_in_every_row_figure_and_readme_and_never_com
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "**Trained and tested on CIFAR-10 (JPEG copy), not on the paper's own images" in readme
     runs, _, curves = collect_runs([root])
-    assert training_curves(runs, curves).get_suptitle() == "CIFAR-10 (JPEG copy)"
+    assert training_curves(runs, curves).get_suptitle() == "CIFAR-10 (JPEG copy): 200 iterations, 1 seed per net"
 
 
 def test_best_of_n_and_mean_std_are_each_compared_with_their_own_statistic(tmp_path):
@@ -137,7 +137,7 @@ def test_table3_rows_are_keyed_by_shortcut_and_protocol(tmp_path):
     ten_crop = table[table.protocol == "ten_crop"].set_index("net")
     assert ten_crop.paper.to_dict() == {"plain34": 28.54, "resnet34-A": 25.03, "resnet34-B": 24.52,
                                         "resnet34-C": 24.19}
-    assert ten_crop.shortcut.fillna("").to_dict() == {"plain34": "", "resnet34-A": "A", "resnet34-B": "B", "resnet34-C": "C"}
+    assert ten_crop.shortcut.to_dict() == {"plain34": "none", "resnet34-A": "A", "resnet34-B": "B", "resnet34-C": "C"}
     assert ten_crop.loc["resnet34-B", "reference"] == 24.76  # fb.resnet.torch, B shortcuts, 10-crop
     assert table[table.protocol == "center"].paper.isna().all()  # the paper has no centre-crop numbers
 
@@ -145,7 +145,7 @@ def test_table3_rows_are_keyed_by_shortcut_and_protocol(tmp_path):
 def test_a_resumed_runs_relogged_step_keeps_its_last_value(experiment):
     curves = collect_runs([experiment])[2]
     step100 = curves[(curves.run == "resnet20-s0") & (curves.metric == "train/error") & (curves.step == 100)]
-    assert step100.value.tolist() == [0.5]
+    assert step100.value.tolist() == [50.0]  # in percent
 
 
 def test_paper_numbers_by_dataset_shortcut_and_protocol():
@@ -167,11 +167,18 @@ def test_the_figure_has_a_panel_per_family_with_dashed_train_and_bold_test_curve
     plain, resnet = figure.axes
     assert plain.get_title() == "plain" and resnet.get_title() == "ResNet"
     assert [line.get_label() for line in resnet.lines] == [
-        "resnet20 train", "resnet20 test", "resnet56 train", "resnet56 test"]  # the lowest seed of each net
+        "resnet20 train", "resnet20 test", "resnet56 train", "resnet56 test"]
     assert [line.get_linestyle() for line in resnet.lines] == ["--", "-", "--", "-"]
     assert resnet.lines[1].get_linewidth() > resnet.lines[0].get_linewidth()
-    assert resnet.lines[1].get_ydata().tolist() == pytest.approx([10.0, 9.0])
+    # the mean of resnet20's two finished seeds (s2 failed), a marker at each of its two evaluations, and their band
+    assert resnet.lines[1].get_ydata().tolist() == pytest.approx([11.0, 8.5]) and resnet.lines[1].get_marker() == "o"
+    train_band, test_band = resnet.collections  # resnet20's; resnet56 has one seed
+    assert test_band.get_paths()[0].vertices[:, 1].min() == pytest.approx(8.0)  # seed 1's 8% at iteration 200
+    assert test_band.get_paths()[0].vertices[:, 1].max() == pytest.approx(12.0)  # seed 1's 12% at iteration 100
+    assert resnet.lines[0].get_color() == resnet.lines[1].get_color() != resnet.lines[2].get_color()  # a colour per net
     assert resnet.get_xlabel() == "iterations"
+    # resnet56 has one seed, still running: shown, without a band; the title says what the curves are
+    assert figure.get_suptitle() == "CIFAR-10: 200 iterations, the mean of 1 or 2 seeds per net (band: lowest to highest)"
     plt.close(figure)
 
 

@@ -5,12 +5,13 @@ import nbformat
 import pandas as pd
 import pytest
 import torch
+import yaml
 from nbclient import NotebookClient
 from torch import nn
 
 from conftest import REPO, fit
-from resnet_repro.analysis.responses import (bootstrap_weights, layer_responses, per_image_moments, pooled_std,
-                                             response_findings, response_layers)
+from resnet_repro.analysis.responses import (bootstrap_weights, figure7, layer_responses, per_image_moments,
+                                             pooled_std, response_findings, response_layers)
 from resnet_repro.cli import main
 from resnet_repro.models import build_model, get_spec
 from resnet_repro.models.blocks import BasicBlock
@@ -122,3 +123,64 @@ def test_notebooks_run_on_fixture_runs_and_are_stored_without_outputs(notebook, 
     client.execute()  # raises CellExecutionError when a cell fails
     outputs = [o for cell in stored.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_figure7_draws_one_line_per_net_a_colour_per_net_a_style_per_family_and_says_what_it_shows():
+    rows = [{"label": label, "model": model, "dataset": "Fashion-MNIST", "layer": layer, "std": std + layer / 10,
+             "sorted_rank": 4 - layer} for label, model, std in [("plain20-s0", "plain20", 1.0), ("plain20-s1", "plain20", 1.2),
+                                                                  ("resnet20-s0", "resnet20", 0.5)]
+            for layer in range(1, 4)]
+    figure = figure7(pd.DataFrame(rows))
+    top = figure.axes[0]
+    assert [line.get_label() for line in top.lines] == ["plain20", "resnet20"]  # one line per net, not per seed
+    assert [line.get_linestyle() for line in top.lines] == ["--", "-"]  # plain dashed, ResNet solid
+    assert top.lines[0].get_color() != top.lines[1].get_color()
+    assert top.lines[0].get_ydata().tolist() == pytest.approx([1.2, 1.3, 1.4])  # the mean of plain20's two seeds
+    assert len(top.collections) == 1  # the band of plain20's seeds; resnet20 has one seed
+    assert figure.get_suptitle() == "Fashion-MNIST: the mean of 1 or 2 seeds per net (band: lowest to highest)"
+    assert top.get_legend()._bbox_to_anchor.bounds[0] >= top.bbox.bounds[0] + top.bbox.bounds[2] - 1  # beside the axes
+
+
+@pytest.fixture(scope="module")
+def fashion_study(tmp_path_factory):
+    """A study on stand-in Fashion-MNIST (plain20 and resnet20, two iterations each), and a recipe saying where its
+    data is, as a user passes it to `responses --data` or to the notebook."""
+    from resnet_repro.data.fashion_mnist import write_standin
+
+    root = tmp_path_factory.mktemp("fashion")
+    settings = write_standin(root / "data")
+    recipe = root / "data.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.FashionMNISTDataModule",
+                                               "init_args": settings}}))
+    for model in ("plain20", "resnet20"):
+        fit("--config", str(REPO / "experiments/cifar10/base.yaml"), "--config", str(recipe), "--run_dir",
+            str(root / "runs" / "fashion-depth" / f"{model}-s0"), "--model.model", model, "--trainer.max_steps", "2",
+            "--data.init_args.batch_size", "8", "--trainer.val_check_interval", "2", "--trainer.precision", "32-true",
+            "--trainer.accelerator", "cpu")
+    return root / "runs" / "fashion-depth", recipe
+
+
+@pytest.mark.parametrize("notebook", ["layer_responses.ipynb", "degradation_curves.ipynb"])
+def test_notebooks_run_on_a_study_of_another_data_set_with_its_data_where_the_user_says(notebook, fashion_study,
+                                                                                         monkeypatch):
+    runs, recipe = fashion_study
+    monkeypatch.setenv("RESNET_REPRO_RUNS", str(runs))
+    monkeypatch.setenv("RESNET_REPRO_DATA", str(recipe))
+    stored = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
+    # the kernel starts in notebooks/, as Jupyter starts it: the data is still found where the recipe says
+    NotebookClient(stored, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    text = "".join(o.get("text", "") for cell in stored.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "responds less than plain20" in text if notebook == "layer_responses.ipynb" else "Residual learning" in text
+
+
+def test_responses_are_written_beside_their_studys_report_by_default(fashion_study, tmp_path, monkeypatch):
+    runs, recipe = fashion_study
+    monkeypatch.chdir(tmp_path)
+    main(["responses", str(runs), "--data", str(recipe), "--images", "16"])
+    readme = (tmp_path / "results" / "fashion-depth-responses" / "README.md").read_text()
+    assert "over the first 16 test images" in readme  # as many as were measured
+    main(["responses", str(runs / "plain20-s0" / "checkpoints" / "last.ckpt"), str(runs / "resnet20-s0"), "--data",
+          str(recipe), "--images", "100"])  # a checkpoint and a run directory of the same study: the same place
+    readme = (tmp_path / "results" / "fashion-depth-responses" / "README.md").read_text()
+    assert "over the first 60 test images" in readme  # the stand-in's test set has 60, fewer than asked for

@@ -49,6 +49,9 @@ def test_fit_end_to_end_on_data_in_the_cifar10_format(tmp_path, cifar_dir):
     assert result["status"] == "finished" and result["steps"] == 4
     assert result["command"].startswith("resnet-repro fit ") and f"--run_dir {run}" in result["command"]
     assert result["data"] == "CIFAR10DataModule" and result["seed"] == 0
+    # the net and the data in the words the report and W&B share
+    assert {key: result[key] for key in ("dataset", "family", "depth", "shortcut")} == {
+        "dataset": "CIFAR-10", "family": "residual", "depth": 20, "shortcut": "A"}
     assert result["val/images"] == 21 and result["test/images"] == 31
     assert 0 <= result["test/error"] <= 1
     assert train_rows(run).index.tolist() == [1, 2, 3, 4]

@@ -24,6 +24,7 @@ from ..data import data_module_class
 from ..files import read_yaml, staged
 from ..hooks import hooked
 from ..models import BasicBlock, Bottleneck, get_spec
+from ..report.figures import LINE_STYLES, net_colours, seeds_text
 from ..rundir import last_checkpoint, read_checkpoint, run_dirs
 from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
@@ -99,20 +100,28 @@ def layer_responses(model: nn.Module, batches: Iterable[Tensor], num_images: int
 
 
 def figure7(responses: pd.DataFrame) -> Figure:
-    """Top: std per layer in the original order; bottom: sorted by magnitude, largest first; a line per net; the
-    data set's name above."""
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6))
-    if "dataset" in responses:
-        figure.suptitle(" and ".join(sorted(responses.dataset.dropna().unique())))
-    for label, group in responses.groupby("label", sort=False):
-        top.plot(group.layer, group["std"], marker=".", label=label)
-        bottom.plot(range(1, len(group) + 1), group["std"].sort_values(ascending=False), marker=".", label=label)
+    """Top: std per layer in the original order; bottom: sorted by magnitude, largest first. One line per net, the
+    mean of its seeds (band: lowest to highest), one colour per net and one line style per family (plain dashed,
+    ResNet solid); the data set and the seeds in the title, the legend beside the axes."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), layout="constrained")
+    models = responses.model.unique().tolist()
+    colours = net_colours(dict(zip(models, models)))
+    for model in sorted(models, key=lambda m: (get_spec(m).depth, get_spec(m).residual)):
+        runs = responses[responses.model == model]
+        style = LINE_STYLES[get_spec(model).kind]
+        for ax, position in ((top, "layer"), (bottom, "sorted_rank")):
+            per_seed = runs.pivot(index=position, columns="label", values="std")
+            ax.plot(per_seed.index, per_seed.mean(1), style, color=colours[model], marker=".", label=model)
+            if per_seed.shape[1] > 1:
+                ax.fill_between(per_seed.index, per_seed.min(1), per_seed.max(1), color=colours[model], alpha=0.15,
+                                linewidth=0)
     top.set(xlabel="layer index (original)", ylabel="std")
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    figure.tight_layout()
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.suptitle(" and ".join(sorted(responses.dataset.dropna().unique())) + ": "
+                    + seeds_text(responses.groupby("model").label.nunique()), fontsize=10)
     return figure
 
 
@@ -219,10 +228,19 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
     return found
 
 
+def experiment_names(paths: list[Path]) -> list[str]:
+    """The experiments of what a user names (experiment folders, run directories, checkpoints), in order, once."""
+    names = []
+    for path in map(Path, paths):
+        folder = path.parents[2] if path.is_file() else path if not last_checkpoint(path).is_file() else path.parent
+        names += [folder.name] if folder.name not in names else []
+    return names
+
+
 def measure_runs(paths: list[Path], models: list[str] | None = None, num_images: int | None = 1000,
                  pool: Literal["channel", "all"] = "channel", data_config: Path | None = None):
     """(responses: one row per run and 3x3 layer, with its sorted rank; runs: one row per run with its mean
-    response; replicates: each run's mean response over bootstrap resamples of the test images, the same
+    response and the number of test images it was measured on; replicates: each run's mean response over bootstrap resamples of the test images, the same
     resamples for every run) of the runs found in `paths`, or only those of `models`."""
     tables, runs, replicates, weights = [], [], {}, None
     for checkpoint in find_checkpoints(paths):
@@ -233,7 +251,8 @@ def measure_runs(paths: list[Path], models: list[str] | None = None, num_images:
         if weights is None:
             weights = bootstrap_weights(len(next(iter(moments.values()))))
         tables.append(response_table(moments, pool).assign(label=label, model=module.hparams.model, dataset=dataset))
-        runs.append({"label": label, "model": module.hparams.model, "mean_std": tables[-1]["std"].mean()})
+        runs.append({"label": label, "model": module.hparams.model, "mean_std": tables[-1]["std"].mean(),
+                     "images": len(next(iter(moments.values())))})
         replicates[label] = mean_response(moments, pool, weights)
     if not tables:
         raise ValueError(f"no run of {', '.join(models or [])} among {' '.join(map(str, paths))}")
@@ -251,22 +270,24 @@ def responses_command(argv: list[str]) -> None:
                              "data module, from its default folder, ./data, never downloading)")
     parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
-    parser.add_argument("--out", type=Path, default=Path("results/responses"))
+    parser.add_argument("--out", type=Path, help="default: results/<experiment>[+<experiment>...]-responses, beside "
+                                                     "the experiments' report")
     args = parser.parse_args(argv)
+    out = args.out or Path("results") / ("+".join(experiment_names(args.paths)) + "-responses")
     responses, runs, replicates = measure_runs(args.paths, args.models, args.images, args.pool, args.data)
     lines = response_findings(runs, replicates)
     command = shlex.join(["resnet-repro", "responses", *map(str, argv)])
-    with staged(args.out) as folder:
+    with staged(out) as folder:
         responses.to_csv(folder / "responses.csv", index=False)
         figure = figure7(responses)
         figure.savefig(folder / "responses.png", dpi=120)
         plt.close(figure)
         (folder / "README.md").write_text(
             f"# Layer responses (Figure 7)\n\nMade by `{command}`: the std of each 3x3 layer's output after BN, "
-            f"before ReLU/addition (the stem's 3x3 conv included), over the first {args.images} test images of "
-            f"each run's data, pooled per `{args.pool}`. Findings compare the mean over layers, with a 95% "
+            f"before ReLU/addition (the stem's 3x3 conv included), over the first {runs.images.max():,} test "
+            f"images of each run's data, pooled per `{args.pool}`. Findings compare the mean over layers, with a 95% "
             f"bootstrap interval over the test images (the same resamples for every net) and over seeds where a "
             f"net has several; \"holds\" only when the interval excludes no difference.\n\n"
             + "".join(f"- {line}\n" for line in lines))
     print("\n".join(lines) or "no plain/ResNet pair or ResNet pair to compare")
-    print(f"written to {args.out}/: responses.csv, responses.png, README.md")
+    print(f"written to {out}/: responses.csv, responses.png, README.md")

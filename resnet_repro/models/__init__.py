@@ -33,6 +33,11 @@ class ModelSpec:
         """The shortcut option a net built with `option` (None: the default) has; None for a plain net."""
         return (option or self.default_shortcut) if self.residual else None
 
+    def columns(self, option: str | None) -> dict:
+        """The net in the words a run's record, W&B's columns and the report's tables share: family (plain /
+        residual), depth, and shortcut as built ("none" for a plain net)."""
+        return {"family": self.kind, "depth": self.depth, "shortcut": self.shortcut(option) or "none"}
+
 
 def _register(family: Callable[..., ResNet], depth: int, input_size: int, default_shortcut: str, with_plain: bool) -> None:
     common = dict(family=family, depth=depth, input_size=input_size, default_shortcut=default_shortcut)

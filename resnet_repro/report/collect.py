@@ -1,5 +1,6 @@
 """Run directories (or W&B runs) into tidy DataFrames: one row per run, one row per evaluation under a test
-protocol, and the curves of all runs."""
+protocol, and the curves of all runs. Every error is in percent, in all three; a net is named by model, family
+(plain / residual), depth and shortcut (the option as built, "none" for a plain net), as in W&B's columns."""
 
 import io
 import re
@@ -10,19 +11,20 @@ import pandas as pd
 
 from ..rundir import read_summary, run_dirs, whole_lines
 
-RUN_COLUMNS = ["run", "group", "experiment", "model", "shortcut", "seed", "data", "dataset", "status", "params", "steps",
+RUN_COLUMNS = ["run", "group", "experiment", "model", "family", "depth", "shortcut", "seed", "data", "dataset", "status", "params", "steps",
                "max_steps", "budget", "train_error", "wall_time_s", "devices", "device", "git_revision", "command"]
 EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
 PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
 
 
 def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
-    """Logged rows (a step column and one column per metric) to one row per step and metric name; a step
-    logged twice (a resumed run re-logs the iterations after its last checkpoint, an evaluation repeated on the
-    same weights) keeps its last value."""
+    """Logged rows (a step column and one column per metric) to one row per step and metric name, errors (logged
+    as fractions) in percent; a step logged twice (an evaluation repeated on the same weights) keeps its last value."""
     metrics = [c for c in wide.columns if c.startswith(("train/", "val/", "test/")) or c == "lr"]
     long = wide.melt(id_vars="step", value_vars=metrics, var_name="metric", value_name="value")
     long = long.dropna(subset=["value"]).astype({"step": int, "value": float})
+    errors = long.metric.str.endswith("error")
+    long.loc[errors, "value"] = 100 * long.loc[errors, "value"]
     return long.drop_duplicates(["step", "metric"], keep="last").sort_values(["metric", "step"], ignore_index=True)
 
 
@@ -77,8 +79,8 @@ def budgets(runs: pd.DataFrame) -> list[str]:
 
 
 def collect_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, evaluations, curves) of the runs of one or more experiment folders (each run once). Errors are
-    fractions. Runs without a finished summary keep their status (running, failed, not started)."""
+    """(runs, evaluations, curves) of the runs of one or more experiment folders (each run once), errors in
+    percent. Runs without a finished summary keep their status (running, failed, not started)."""
     found, seen = [], set()
     for folder in folders:
         for run_dir in run_dirs(folder):
@@ -105,7 +107,8 @@ def tabulate_runs(found: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataF
     for name, summary, metrics in found:
         runs.append({
             "run": name, "group": group_of(name, summary.get("seed")), "experiment": summary.get("experiment"),
-            "model": summary.get("model"), "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
+            "model": summary.get("model"), "family": summary.get("family"), "depth": summary.get("depth"),
+            "shortcut": summary.get("shortcut"), "seed": summary.get("seed"),
             "data": summary.get("data"), "dataset": summary.get("dataset"),
             "status": summary.get("status", "not started"),
             "params": summary.get("params"), "steps": summary.get("steps"), "max_steps": summary.get("max_steps"),

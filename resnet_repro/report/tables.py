@@ -10,9 +10,10 @@ from .collect import final_train_window
 
 
 NAN = float("nan")
-COLUMNS = ["net", "data", "shortcut", "budget", "protocol", "metric", "runs", "finished", "unfinished", "n", "mean", "std",
-           "best", "ours", "statistic", "paper", "paper std", "source", "difference", "reference", "reference source",
-           "train error", "test images", "params", "iterations"]
+# what a reader compares first (a notebook shows a frame's first and last columns), then the detail behind it
+COLUMNS = ["net", "data", "shortcut", "budget", "protocol", "metric", "ours", "paper", "difference", "statistic",
+           "paper std", "source", "reference", "reference source", "runs", "finished", "unfinished", "n", "mean", "std",
+           "best", "train error", "test images", "params", "iterations"]
 # table.md's columns, each with the line that says what it holds; one is shown only where some row has a value
 SHOWN = {
     "net": "",
@@ -62,15 +63,15 @@ def error_table(runs: pd.DataFrame, evaluated: pd.DataFrame) -> pd.DataFrame:
             # the option as built, the family's default filled in
             shortcut = get_spec(first.model).shortcut(first.shortcut)
             comparable = budget is None and first.dataset in PAPER_DATASETS
-            base = {"net": group_name, "data": first.dataset, "shortcut": shortcut, "budget": budget or "full",
+            base = {"net": group_name, "data": first.dataset, "shortcut": shortcut or "none", "budget": budget or "full",
                     "protocol": protocol or "not evaluated", "runs": len(group), "finished": len(done),
-                    "unfinished": unfinished(group), "train error": 100 * done.train_error.mean(),
+                    "unfinished": unfinished(group), "train error": done.train_error.mean(),
                     "test images": here.images.max() if len(here) else NAN, "params": first.params,
                     "iterations": done.steps.max() if len(done) else first.max_steps}
             papers = paper_numbers(first.dataset, first.model, shortcut, protocol) if protocol else []
             reference = (reference_number(first.dataset, first.model, shortcut, protocol) if protocol else None) or {}
             for metric, column, key in [("top-1", "error", "top1"), ("top-5", "top5_error", "top5")]:
-                errors = 100 * here[column].dropna()
+                errors = here[column].dropna()
                 if metric == "top-5" and errors.empty:
                     continue
                 n = len(errors)
@@ -137,7 +138,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     done = runs[(runs.status == "finished") & runs.model.notna()]
     samples = {}
     for model, group in done.groupby("model"):
-        samples[model] = [100 * final_train_window(curves[curves.run == run]).to_numpy() for run in group.run]
+        samples[model] = [final_train_window(curves[curves.run == run]).to_numpy() for run in group.run]
         samples[model] = [s for s in samples[model] if len(s)]
     samples = {model: s for model, s in samples.items() if s}
     specs = {model: get_spec(model) for model in samples}
