@@ -1,18 +1,10 @@
-"""An experiment file: a recipe, the runs that differ from it, and how to launch them.
+"""An experiment file: a recipe, the runs that differ from it (a grid and/or a list, seeds, patches), the test
+protocols they are evaluated under, and runs taken from another experiment; its format, its names and its
+budgets are described in docs/experiment-files.md.
 
-    recipe: experiments/cifar10/base.yaml     # the base LightningCLI config, relative to the repository root
-    overrides: {trainer.max_steps: 300}        # dotted config keys set in every run
-    grid: {model.model: [resnet20, resnet56]}  # the cartesian product of these values ...
-    runs: [{model.model: resnet110, seeds: [0, 1, 2]}]  # ... and/or these runs (a run may set its own seeds)
-    seeds: [0]                                 # the default seeds of every run
-    patches: [{when: {model.model: resnet1202}, set: {model.warmup: true}}]  # settings for the runs that match
-    evaluate: [single_view]                    # the test protocols each run is evaluated under when it finishes
-    runs_from: [{experiment: experiments/imagenet/table2.yaml, runs: [plain34-s0]}]  # runs of another experiment
-
-A run is named after what sets it apart (`resnet56-s0`, `resnet34-B-s0`) and lives in
-`runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a run taken
-from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them all.
-This module reads, expands and checks such a file (every run's config is parsed, its net built on the meta
+A run lives in `runs/<experiment>/<name>/`, where <experiment> is the file's folder and stem (`cifar10-table6`); a
+run taken from another experiment stays in that one's folder, and `runs/<experiment>/experiment.json` lists them
+all. This module reads, expands and checks such a file (every run's config is parsed, its net built on the meta
 device) before anything runs; `resnet-repro run` (launch/) starts what it describes.
 """
 
