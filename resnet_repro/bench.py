@@ -7,6 +7,11 @@ after another, on the embedded digits data (32x32x3, like CIFAR-10):
 3. dataloader: the usual CIFAR loop: a torchvision DataLoader with PIL images and per-image transforms
    (pad-crop, flip, to tensor, normalise), a plain contiguous fp32 net, a hand-written step.
 
+Before them, how much a step launches, which on a GPU decides a small net's step time more than its arithmetic:
+the ATen operations per step of the fit path (each a kernel launch on a GPU; views and allocations, which
+launch nothing, not counted) and its host time per step on 1x1 images, where the arithmetic is negligible. Both
+are the difference between fits of 12 and 4 steps, over 8 steps, so that a fit's set-up cancels out.
+
 Each is timed over `--steps` steps after a warm-up of at least `--warmup` steps that lasts until three steps in a
 row take within 10% of each other (compilation, cuDNN tuning, CUDA graph capture and oneDNN's kernel set-up happen
 in the warm-up). Prints images/s, the ratios against 2 and 3, peak memory (CUDA: allocated per phase;
@@ -27,10 +32,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .data import DigitsDataModule
+from .data import DigitsDataModule, SmallImageDataModule
 from .hardware import device_name
 from .models import build_model
 from .models.size import count_macs, meta_model
@@ -105,6 +111,65 @@ def training_rate(device: torch.device, steps: int = 3, batch: int = 64) -> floa
     return 3 * count_macs(meta_model("resnet20"), 32) * batch * steps / (time.perf_counter() - start)
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that run while it is active, but views and allocations."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or func.overloadpacket in ALLOCATIONS):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+ALLOCATIONS = (torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.aten._unsafe_view)
+
+
+class NoiseImages(SmallImageDataModule):
+    """Random 1x1 images: a step's arithmetic is then negligible, and what is left of its time is the host's."""
+
+    dataset = "1x1 noise"
+    pad = 0
+
+    def load_arrays(self) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (2048, 3, 1, 1), generator=generator, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (2048,), generator=generator)
+        return images, labels, images[:100], labels[:100]
+
+
+def short_fit(model: str, device: str, steps: int, data: L.LightningDataModule, precision: str,
+              compile_mode: CompileMode | None, bn_group_size: int | None, callbacks=()) -> L.Trainer:
+    """The fit path for `steps` steps, without validation, checkpoints or logs."""
+    trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=list(callbacks), precision=precision)
+    trainer.fit(ResNetClassifier(model, compile_mode=compile_mode, bn_group_size=bn_group_size), data)
+    return trainer
+
+
+def launches_per_step(model: str, device: str, batch_size: int, precision: str, compile_mode: CompileMode | None,
+                      bn_group_size: int | None) -> tuple[float, float]:
+    """(ATen operations per step of the fit path, host milliseconds per step on 1x1 images): fits of 12 and 4
+    steps, the difference over 8 steps (the faster of two tries of each, for the time)."""
+    def fit(steps: int) -> float:
+        start = time.perf_counter()
+        short_fit(model, device, steps, NoiseImages(batch_size=batch_size, val_size=0), precision, compile_mode,
+                  bn_group_size)
+        synchronize(torch.device(device))
+        return time.perf_counter() - start
+
+    counts = []
+    for steps in (4, 12):
+        with OpCounter() as counter:
+            fit(steps)
+        counts.append(counter.count)
+    seconds = [min(fit(steps) for _ in range(2)) for steps in (4, 12)]
+    return (counts[1] - counts[0]) / 8, 1000 * (seconds[1] - seconds[0]) / 8
+
+
 def peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
@@ -116,11 +181,8 @@ def peak_memory(device: torch.device) -> str:
 def fit_path(model: str, device: str, batch_size: int, warm_up: WarmUp, steps: int, precision: str,
              compile_mode: CompileMode | None, bn_group_size: int | None) -> tuple[float, str]:
     timer = Timer(warm_up, steps)
-    trainer = L.Trainer(accelerator=device, devices=1, max_steps=warm_up.limit + steps, max_epochs=-1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=precision)
-    module = ResNetClassifier(model, compile_mode=compile_mode, bn_group_size=bn_group_size)
-    trainer.fit(module, DigitsDataModule(batch_size=batch_size))
+    short_fit(model, device, warm_up.limit + steps, DigitsDataModule(batch_size=batch_size), precision, compile_mode,
+              bn_group_size, callbacks=[timer])
     return steps * batch_size / timer.seconds, warm_up.note()
 
 
@@ -253,6 +315,9 @@ def bench_command(argv: list[str]) -> None:
         return args.batch_size, WarmUp(args.warmup, args.warmup_limit, device), args.steps
 
     switches = (args.precision, args.compile_mode, args.bn_group_size)
+    ops, host_ms = launches_per_step(args.model, args.device, args.batch_size, *switches)
+    print(f"{'step':>10}: {ops:8,.0f} ops per step (ATen calls but views and allocations; each a kernel launch on a "
+          f"GPU), {host_ms:,.1f} ms of host time per step on 1x1 images")
     show("fit", *fit_path(args.model, args.device, *common(), *switches))
     rate, warm_up, saved = compute_only(args.model, device, *common(), *switches)
     show("compute", rate, warm_up, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")

@@ -133,10 +133,35 @@ def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
     for printed, other in [(ratios[1], "dataloader"), (ratios[2], "compute")]:
         fit_rate, other_rate = rates["fit"], rates[other]
         assert between(float(printed), lambda d: (fit_rate + d) / (other_rate - d), -0.5, 0.5), (printed, rates)
+    step = re.search(r"step: +([\d,]+) ops per step \(ATen calls but views and allocations; each a kernel launch on a GPU\), "
+                     r"([\d,.]+) ms of host time per step on 1x1 images", out)
+    assert step and float(step[2].replace(",", "")) > 0, out
     kept = float(re.search(r"autograd keeps ([\d,]+) MiB", out)[1].replace(",", ""))
     assert kept > 0
     minutes = float(re.search(r"64k iterations of 32 at the fit rate: ([\d,.]+) min", out)[1].replace(",", ""))
     assert between(minutes, lambda d: 64_000 * 32 / (rates["fit"] - d) / 60, -0.5, 0.5), (minutes, rates)
+
+
+def test_the_sgd_update_of_every_parameter_is_a_few_calls_not_a_few_per_parameter():
+    from resnet_repro.bench import OpCounter
+
+    module = ResNetClassifier("resnet56")
+    optimizer = module.configure_optimizers()["optimizer"]
+    for parameter in module.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()  # the first step makes the momentum buffers
+    with OpCounter() as counter:
+        optimizer.step()
+    assert len(list(module.parameters())) == 167 and counter.count <= 6  # per parameter, it was 4 each: 668
+
+
+def test_a_step_launches_what_the_net_needs_and_little_more():
+    from resnet_repro.bench import launches_per_step
+
+    plain, groups = (launches_per_step("resnet20", "cpu", 32, "32-true", None, group) for group in (None, 16))
+    # ResNet-20's 20 weighted layers, each with its BN and ReLU, forward and backward, and the step around them:
+    # about 10 launches per layer (with an SGD update per parameter it was 23: 204 + 4 x 65)
+    assert plain[0] <= 12 * 20 and groups[0] > plain[0]
 
 
 def test_bench_refuses_zero_steps():
