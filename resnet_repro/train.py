@@ -273,8 +273,9 @@ class RunCLI(LightningCLI):
             rank_zero_only(print)(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
                   f"{json.dumps(changed)}", file=sys.stderr)
         elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
-            raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
-                                  f"test --config {saved} --ckpt_path {checkpoint} evaluates it again)")
+            again = shlex.join(["resnet-repro", "test", "--config", str(saved), "--ckpt_path", str(checkpoint)])
+            raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train ({again} "
+                                  f"evaluates it again)")
 
     def before_fit(self) -> None:
         hparams = self.model.hparams

@@ -8,6 +8,7 @@ lack) and interrupted ones resume, so rerunning the same command completes an ex
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def print_wandb_sync(folders: list[Path]) -> None:
     """The one `wandb sync` command that uploads the experiment's offline W&B runs (each fit's own hint is in its
     log), when there are any."""
     if any(next(folder.glob("*/wandb/offline-run-*"), None) for folder in folders):
-        patterns = " ".join(f"{shown(folder)}/*/wandb/offline-run-*" for folder in folders)
+        patterns = " ".join(f"{shlex.quote(shown(folder))}/*/wandb/offline-run-*" for folder in folders)
         print(f"W&B ran offline; to upload these runs: wandb sync {patterns}")
 
 
