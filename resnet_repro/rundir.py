@@ -31,6 +31,31 @@ EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation 
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
 
 
+def check_not_a_link(path: Path, what: str) -> None:
+    if Path(path).is_symlink():
+        raise ValueError(f"{path} ({what}) is a symbolic link: resnet-repro never reads or writes runs through a "
+                         f"link; name what it points to, or put that in its place")
+
+
+def check_no_links(run_dir: Path) -> None:
+    """A run directory may come from elsewhere, and a symbolic link in it would make this machine write (the lock,
+    metrics.csv, a checkpoint) or read (summary.json, metrics.csv, wandb_run_id) another file: the run directory,
+    its experiment folder and everything in the run directory must be no link, else this is refused in one line
+    naming the first link. W&B's own folder is W&B's: it links its logs there itself and replaces those links
+    rather than writing through them. The runs root above may be a link (runs -> /scratch/runs: the user's own)."""
+    run_dir = Path(run_dir)
+    check_not_a_link(run_dir.parent, f"the experiment folder of {run_dir}")
+    check_not_a_link(run_dir, "a run directory")
+    for parent, folders, files in os.walk(run_dir):
+        for name in folders + files:
+            if os.path.islink(os.path.join(parent, name)):
+                raise ValueError(f"{os.path.join(parent, name)} is a symbolic link inside the run directory {run_dir}: "
+                                 f"resnet-repro never reads or writes a run's files through a link; remove it (or put "
+                                 f"a copy of what it points to in its place)")
+        if Path(parent) == run_dir and "wandb" in folders:
+            folders.remove("wandb")  # checked itself above; what is inside is W&B's
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.ckpt"
 
@@ -79,7 +104,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         path = Path(run_dir) / ".lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link: refused, never followed
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,12 +160,19 @@ def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
     return None
 
 
+def manifest_run_dir(folder: Path, run: str) -> Path:
+    """The run folder `run` of an experiment.json in `folder`, as an absolute path with its `..` taken out, not
+    resolved: what is read is the path that was checked, and a link there (even a loop) is refused, not followed."""
+    return Path(os.path.normpath(Path(folder).absolute() / run))
+
+
 def read_manifest(folder: Path) -> dict | None:
     """An experiment folder's experiment.json (written by `run`), or None. It may come from elsewhere: it must
     be an object whose runs are folders `<runs root>/<experiment>/<run>` of the runs root this folder is in,
     else it is refused in one line, so that it cannot make `report` read (and quote) files anywhere else."""
     folder = Path(folder)
     path = folder / "experiment.json"
+    check_not_a_link(path, "an experiment's list of runs")
     if not path.is_file():
         return None
     manifest = read_json(path)
@@ -148,8 +180,8 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
         raise ValueError(f"{path} is not an experiment manifest of resnet-repro (an object whose runs are a list of "
                          f"run folders): restore it, or delete it to report every run in {folder}")
-    root = folder.resolve().parent
-    outside = [run for run in runs if (folder / run).resolve().parent.parent != root]
+    root = manifest_run_dir(folder, ".").parent
+    outside = [run for run in runs if manifest_run_dir(folder, run).parent.parent != root]
     if outside:
         raise ValueError(f"{path} names run folders outside {root}/<experiment>/<run> ({', '.join(outside[:3])}): "
                          f"a manifest names runs of its own runs root only; pass other experiment folders yourself")
@@ -158,14 +190,18 @@ def read_manifest(folder: Path) -> dict | None:
 
 def run_dirs(folder: Path) -> list[Path]:
     """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder
-    of the same runs root), else every run directory in the folder."""
+    of the same runs root), else every run directory in the folder; each checked for links (check_no_links)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
     manifest = read_manifest(folder)
     if manifest is not None:
-        return [(folder / path).resolve() for path in manifest["runs"]]
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        runs = [manifest_run_dir(folder, run) for run in manifest["runs"]]
+    else:
+        runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for run_dir in runs:
+        check_no_links(run_dir)
+    return runs
 
 
 def write_manifest(folder: Path, experiment: str, file: str, protocols: list[str], runs: list[Path],

@@ -40,7 +40,7 @@ from .hardware import device_name
 from .models import get_spec
 from .models.size import count_macs, count_params, meta_model
 from .module import ResNetClassifier
-from .rundir import EVALUATION_PREFIXES, RunLock, final_errors, last_checkpoint, read_checkpoint, read_summary, repair_torn_line
+from .rundir import EVALUATION_PREFIXES, RunLock, check_no_links, final_errors, last_checkpoint, read_checkpoint, read_summary, repair_torn_line
 from .tracking import finish_wandb, start_wandb
 
 TRAINER_DEFAULTS = {
@@ -245,8 +245,10 @@ class RunCLI(LightningCLI):
         """On every rank alike: each reads the checkpoint and config.yaml, so each resumes from the same point and
         each refuses, or finds the run finished, with the same line (a rank that a launcher started exits as rank 0
         does instead of waiting for it). Nothing is written before the ranks meet, so they all read the same
-        files. The lock is rank 0's, the writer's."""
+        files. The lock is rank 0's, the writer's. First of all, a run directory holding a symbolic link is
+        refused: every file of the run is read and written below, by this project, Lightning and W&B."""
         run_dir = Path(config.run_dir)
+        check_no_links(run_dir)
         if rank_zero_only.rank == 0:
             self.lock = RunLock(run_dir)
         if self.subcommand != "fit":

@@ -1,19 +1,23 @@
 """The third round of hostile input (issue 38), beyond the one-line refusals of test_hardening's table: generated
-scripts and printed commands executed with hostile paths, and concurrent writers of one file."""
+scripts and printed commands executed with hostile paths, links planted in run directories, and concurrent
+writers of one file."""
 
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import QUIET, REPO, cli_error, fit, run_cli, summary
 from resnet_repro.cli import main
 from resnet_repro.files import write_json_atomically
 from resnet_repro.launch.command import print_wandb_sync
+from resnet_repro.rundir import check_no_links
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 TINY = ["--trainer.max_steps", "4", "--data.init_args.batch_size", "16", "--trainer.val_check_interval", "2",
@@ -23,6 +27,7 @@ TINY_RUN = {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.va
 # A folder name that runs a command wherever a shell reads it unquoted or in double quotes, with the characters that
 # end a quoted word or a line: `pwned` is a stand-in on PATH that records that it ran
 HOSTILE_NAME = "a b$(pwned)`pwned`\"'\nc"
+WITH_TESTS = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}  # killer.py's callbacks; this code
 
 
 def write_experiment(folder: Path, overrides: dict, models: tuple[str, ...] = ("resnet20",)) -> Path:
@@ -101,6 +106,93 @@ def test_every_generated_script_and_printed_command_runs_what_it_says_under_host
     assert ran[4][1:-1] == ["sync", str(experiment / "plain20-s0/wandb/offline-run-1")]
     assert ran[5][1:-1] == ["test", "--config", str(experiment / "done/config.yaml"), "--ckpt_path",
                             str(experiment / "done/checkpoints/last.ckpt")]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny digits run that logged to W&B (offline): W&B's own links are in its wandb folder."""
+    run = tmp_path_factory.mktemp("links") / "exp" / "done"
+    result = run_cli("fit", *QUIET, *DIGITS, *TINY, "--run_dir", str(run), "--wandb", "true", env=WITH_TESTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run
+
+
+def planted(run: Path, tmp_path: Path, link: str) -> tuple[Path, Path]:
+    """A copy of `run` with `link` (a path inside it) made a symbolic link to a file (or folder) of the user's
+    outside; (the copy, what the link points to)."""
+    copy = tmp_path / "exp" / "copy"
+    shutil.copytree(run, copy, symlinks=True)
+    target = tmp_path / "mine" / Path(link).name
+    target.parent.mkdir()
+    if (copy / link).is_dir():
+        shutil.copytree(copy / link, target)
+        shutil.rmtree(copy / link)
+    else:
+        target.write_text("the user's own file\n")
+        (copy / link).unlink(missing_ok=True)
+    (copy / link).symlink_to(target)
+    return copy, target
+
+
+@pytest.mark.parametrize("link", [".lock", "metrics.csv", "hparams.yaml", "summary.json", "config.yaml",
+                                  "wandb_run_id", "checkpoints", "checkpoints/last.ckpt", "fit.log", "wandb"])
+def test_a_link_in_a_run_directory_is_refused_before_anything_is_read_or_written(finished_run, tmp_path, link):
+    copy, target = planted(finished_run, tmp_path, link)
+    before = {p: p.read_bytes() for p in [target, *target.rglob("*")] if p.is_file()}
+    message = cli_error("fit", *DIGITS, *TINY, "--trainer.max_steps", "6", "--accept_config_change", "true",
+                        "--run_dir", str(copy))
+    assert message == (f"resnet-repro fit: {copy / link} is a symbolic link inside the run directory {copy}: "
+                       f"resnet-repro never reads or writes a run's files through a link; remove it (or put a copy of "
+                       f"what it points to in its place)")
+    assert {p: p.read_bytes() for p in before} == before
+    assert not list(target.parent.rglob("*.tmp"))
+
+
+def test_w_and_bs_own_links_are_its_own_and_a_linked_run_or_experiment_folder_is_refused(finished_run, tmp_path,
+                                                                                         capsys):
+    assert any(p.is_symlink() for p in (finished_run / "wandb").iterdir())  # W&B links its logs itself
+    check_no_links(finished_run)
+    fit(*DIGITS, *TINY, "--run_dir", str(finished_run))  # the same command again: its links do not stop it
+    assert f"{finished_run} has finished its 4 iterations: nothing to train" in capsys.readouterr().out
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "linked").symlink_to(finished_run, target_is_directory=True)
+    (tmp_path / "linked-exp").symlink_to(finished_run.parent, target_is_directory=True)
+    for run, what in [(tmp_path / "exp" / "linked", f"{tmp_path}/exp/linked (a run directory)"),
+                      (tmp_path / "linked-exp" / "done", f"{tmp_path}/linked-exp (the experiment folder of "
+                                                         f"{tmp_path}/linked-exp/done)")]:
+        for command in ("fit", "test"):
+            message = cli_error(command, *DIGITS, *TINY, "--run_dir", str(run), "--ckpt_path",
+                                str(finished_run / "checkpoints/last.ckpt"))
+            assert message == (f"resnet-repro {command}: {what} is a symbolic link: resnet-repro never reads or writes "
+                               f"runs through a link; name what it points to, or put that in its place")
+    assert cli_error("report", str(tmp_path / "exp"), "--out", str(tmp_path / "rep")).startswith(
+        f"resnet-repro report: {tmp_path}/exp/linked (a run directory) is a symbolic link")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_run_and_responses_read_nothing_through_a_link(finished_run, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("step,the user's secret\n1,x\n")
+    copy, _ = planted(finished_run, tmp_path, "metrics.csv")
+    (copy / "metrics.csv").unlink()
+    (copy / "metrics.csv").symlink_to(secret)
+    message = cli_error("report", str(copy.parent), "--out", str(tmp_path / "rep"))
+    assert message.startswith(f"resnet-repro report: {copy}/metrics.csv is a symbolic link inside the run directory")
+    assert "secret" not in message and not (tmp_path / "rep").exists()
+    (copy / "metrics.csv").unlink()
+    (copy / "config.yaml").rename(copy / "metrics.csv")  # any file: the link below is refused before anything is read
+    (copy / "config.yaml").symlink_to(secret)
+    assert cli_error("responses", str(copy / "checkpoints/last.ckpt"), "--out", str(tmp_path / "resp")) == (
+        f"resnet-repro responses: {copy}/config.yaml (the config of the checkpoint's run) is a symbolic link: "
+        f"resnet-repro never reads or writes runs through a link; name what it points to, or put that in its place")
+    path = write_experiment(tmp_path, TINY_RUN)  # `run` reads summaries and writes fit.log: a link is refused first
+    fit_log = tmp_path / "runs" / "exps-tiny" / "resnet20-s0" / "fit.log"
+    fit_log.parent.mkdir(parents=True)
+    fit_log.symlink_to(secret)
+    assert cli_error("run", str(path), "--runs-root", str(tmp_path / "runs")).startswith(
+        f"resnet-repro run: {fit_log} is a symbolic link inside the run directory")
+    assert secret.read_text() == "step,the user's secret\n1,x\n"
+    assert not (tmp_path / "runs" / "exps-tiny" / "experiment.json").exists()
 
 
 def write_many(path: str, writer: int) -> None:

@@ -24,7 +24,7 @@ from ..data import data_module_class
 from ..files import read_yaml, staged
 from ..hooks import hooked
 from ..models import BasicBlock, Bottleneck, get_spec
-from ..rundir import last_checkpoint, read_checkpoint, run_dirs
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_checkpoint, run_dirs
 from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
 # never a run folder's, which may come from elsewhere
@@ -187,6 +187,8 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
     checkpoint = Path(checkpoint)
     read_checkpoint(checkpoint)
     config_path = Path(data_config) if data_config else checkpoint.parent.parent / "config.yaml"
+    if not data_config:
+        check_not_a_link(config_path, "the config of the checkpoint's run")
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: pass --data with a recipe whose data section gives the images")
     datamodule = data_module_from(config_path, from_run=data_config is None)
@@ -211,6 +213,7 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif last_checkpoint(path).is_file():
+            check_no_links(path)
             found.append(last_checkpoint(path))
         elif path.is_dir():
             found += [last_checkpoint(run) for run in run_dirs(path) if last_checkpoint(run).is_file()]

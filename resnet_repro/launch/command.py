@@ -23,7 +23,7 @@ from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, sh
 from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
-from ..rundir import last_checkpoint, read_summary, write_manifest
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_summary, write_manifest
 from ..train import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
 from .miniature import smoke_args
@@ -111,6 +111,10 @@ def run_command(argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
     runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
+    # run folders may come from elsewhere: none is read or written through a link (its fit would refuse it too)
+    check_not_a_link(runs_root / experiment.name, "the experiment folder")
+    for run in experiment.runs:
+        check_no_links(runs_root / run.experiment / run.name)
     # the data, before any work: a miniature writes its own stand-in data
     absent = {} if args.smoke else missing_data([run for run in runs if read_summary(
         runs_root / run.experiment / run.name).get("status") != "finished"])
