@@ -28,6 +28,8 @@ from pathlib import Path
 from .files import read_json, write_json_atomically
 
 EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
+# summary.json's numbers (besides the errors, EVALUATION_PREFIXES): each a number or null, checked where it is read
+SUMMARY_NUMBERS = ("seed", "params", "steps", "max_steps", "wall_time_s", "devices", "train_images_per_s")
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
 
 
@@ -74,11 +76,38 @@ def read_checkpoint(path: Path) -> dict:
         reason = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(f"checkpoint {path} is unreadable or not plain data ({type(error).__name__}: {reason}); "
                          f"restore a good copy, or delete it to start the run over") from error
-    model = checkpoint.get("hyper_parameters", {}).get("model") if isinstance(checkpoint, dict) else None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    model = hparams.get("model") if isinstance(hparams, dict) else None
     if not isinstance(model, str) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a checkpoint of resnet-repro (it has no state_dict and model name); "
                          f"pass runs/<experiment>/<run>/checkpoints/last.ckpt")
+    step = checkpoint.get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"checkpoint {path} has no iteration count (global_step {step!r}, not a whole number 0 or "
+                         f"more): restore a good copy, or delete it to start the run over")
+    check_weights(path, checkpoint["state_dict"], model, hparams.get("shortcut"), hparams.get("num_classes"))
     return checkpoint
+
+
+def check_weights(path: Path, state_dict: dict, model: str, shortcut, num_classes) -> None:
+    """The weights fit the net the checkpoint's hyperparameters name, key for key and shape for shape (against the
+    net built on the meta device), so that loading them cannot fail half-way with a traceback of every key."""
+    from .models.size import meta_model
+
+    try:
+        net = meta_model(model, shortcut, num_classes)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"checkpoint {path} names a net that cannot be built ({error}): restore a good copy, or "
+                         f"delete it to start the run over") from None
+    # the LightningModule (module.py) holds the net as `self.net`: its keys are the net's, prefixed
+    expected = {f"net.{key}": tensor.shape for key, tensor in net.state_dict().items()}
+    shapes = {key: getattr(value, "shape", None) for key, value in state_dict.items()}
+    wrong = sorted(expected.keys() ^ shapes.keys()) + sorted(key for key in expected.keys() & shapes.keys()
+                                                              if shapes[key] != expected[key])
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not hold the weights of the {model} it names ({len(wrong)} "
+                         f"parameters missing, extra or of another shape, e.g. {', '.join(wrong[:3])}): restore a "
+                         f"good copy, or delete it to start the run over")
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -89,6 +118,11 @@ def read_summary(run_dir: Path) -> dict:
     if not isinstance(summary, dict):
         raise ValueError(f"{path} is not a run summary of resnet-repro (a JSON {type(summary).__name__}, not an "
                          f"object): restore it, or delete it and the next fit writes it again")
+    for key, value in summary.items():
+        if (key in SUMMARY_NUMBERS or key.startswith(EVALUATION_PREFIXES)) and not (
+                value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ValueError(f"{path}: {key} is {value!r}, not a number: it is not a run summary of this version of "
+                             f"resnet-repro; restore it, or delete it and the next fit writes it again")
     return summary
 
 

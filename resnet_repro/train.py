@@ -151,6 +151,20 @@ def budget_fraction(text: str) -> Fraction:
     return budget
 
 
+def check_same_net(path: Path, hparams: dict, model) -> None:
+    """A resumed run goes on with the net of its checkpoint: another net (a checkpoint put there from another run)
+    is refused in one line, before anything is written, instead of failing to load key by key."""
+    def net(name: str, shortcut, num_classes) -> str:
+        option = get_spec(name).shortcut(shortcut)
+        return f"{name}{f' (shortcut {option})' if option else ''} of {num_classes} classes"
+
+    saved = net(hparams["model"], hparams.get("shortcut"), hparams.get("num_classes"))
+    configured = net(model.model, model.shortcut, model.num_classes)
+    if saved != configured:
+        raise ValueError(f"checkpoint {path} holds a {saved}, and this run is a {configured}: a resumed run keeps its "
+                         f"net; use a new --run_dir, or delete the checkpoint to start this run over")
+
+
 class SaveFitConfig(SaveConfigCallback):
     """Saves the resolved config into the run directory for `fit` only (validate/test leave it alone)."""
 
@@ -256,25 +270,29 @@ class RunCLI(LightningCLI):
         checkpoint = last_checkpoint(run_dir)
         if config.ckpt_path is None and checkpoint.is_file():
             config.ckpt_path = str(checkpoint)
-        resumed_at = read_checkpoint(Path(config.ckpt_path))["global_step"] if config.ckpt_path else 0
+        state = read_checkpoint(Path(config.ckpt_path)) if config.ckpt_path else None
+        resumed_at = state["global_step"] if state else 0
         saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            return
-        saved_config = read_yaml(saved)
-        if not isinstance(saved_config, dict):
-            raise ValueError(f"{saved} is not the config of a run (a mapping of settings): restore it or start the "
-                             f"run in a new --run_dir")
-        changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
+        changed = {}
+        if saved.is_file():
+            saved_config = read_yaml(saved)
+            if not isinstance(saved_config, dict):
+                raise ValueError(f"{saved} is not the config of a run (a mapping of settings): restore it or start "
+                                 f"the run in a new --run_dir")
+            changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
         if changed and not config.accept_config_change:
             shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
             raise ValueError(f"{run_dir} holds a run with other settings ({shown}): a resumed run keeps what defines "
                              f"it. Use a new --run_dir, or pass --accept_config_change true to go on with the new "
                              f"values from iteration {resumed_at} (recorded in summary.json)")
+        if state:  # after a refused change of settings, whose line says more
+            check_same_net(Path(config.ckpt_path), state["hyper_parameters"], config.model)
         if changed:
             self.config_change = {"step": resumed_at, "changed": changed}
             rank_zero_only(print)(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
                   f"{json.dumps(changed)}", file=sys.stderr)
-        elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
+        elif saved.is_file() and read_summary(run_dir).get("status") == "finished" and \
+                resumed_at >= config.trainer.max_steps:
             again = shlex.join(["resnet-repro", "test", "--config", str(saved), "--ckpt_path", str(checkpoint)])
             raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train ({again} "
                                   f"evaluates it again)")
