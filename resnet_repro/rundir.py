@@ -4,8 +4,8 @@
     metrics.csv          per-iteration train/loss, train/error, lr; val/ and test/ error at each validation;
                          test/<protocol>/ error of each evaluation after training
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
-    summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
-                         time, training images/s of the latest session, device, git revision
+    summary.json         status (running / evaluating / finished / failed / interrupted), latest errors, params,
+                         steps, wall time, training images/s of the latest session, device, git revision
     wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
                          columns to group by (dataset, family, depth, shortcut, seed, experiment, budget)
     fit.log              the output of its fit and test commands, when `run --parallel` started them

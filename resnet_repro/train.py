@@ -231,7 +231,8 @@ class RunCLI(LightningCLI):
         kwargs["logger"] = make_loggers(run_dir, record, self.datamodule.dataset,
                                         use_wandb=config.wandb and self.subcommand == "fit")
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
+        self.run_summary = RunSummary(run_dir, self.command, self.config_change, config.budget)
+        trainer.callbacks.append(self.run_summary)
         if config.precise_bn_batches:
             trainer.callbacks.append(PreciseBN(config.precise_bn_batches))
         return trainer
@@ -307,6 +308,8 @@ class RunCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self.evaluate(self.command_config.protocols)
+        # only now: a run stopped in its evaluations is not finished, and `run` or `fit` takes it up again
+        self.run_summary.write(self.trainer, self.model, "finished")
         # W&B's summary holds each key's last value logged in this session; summary.json's final errors are the
         # run's, whatever session logged them (a resumed run's val/ error may come from before the kill)
         finish_wandb(exit_code=0, summary=final_errors(Path(self.command_config.run_dir)))
@@ -406,8 +409,9 @@ def make_loggers(run_dir: Path, config: dict, dataset: str, use_wandb: bool) -> 
 
 class RunSummary(L.Callback):
     """Keeps `summary.json` whole and current: written at the start, at every validation and checkpoint, and at
-    the end of a fit (running / finished / failed / interrupted), and after every evaluation. What a write does
-    not renew (the last errors of an earlier session, the history of accepted config changes) is kept."""
+    the end of a fit (running / evaluating / failed / interrupted; RunCLI.after_fit writes finished once the final
+    weights are tested under the run's protocols), and after every evaluation. What a write does not renew (the
+    last errors of an earlier session, the history of accepted config changes) is kept."""
 
     def __init__(self, run_dir: Path, command: str, config_change: dict | None = None, budget: str | None = None):
         self.run_dir, self.command, self.budget = Path(run_dir), command, budget
@@ -478,7 +482,7 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, "running")
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self.write(trainer, pl_module, "finished")
+        self.write(trainer, pl_module, "evaluating")
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.update(trainer, {})  # the evaluation's errors; the status stays what it was

@@ -51,3 +51,14 @@ class SleepAfterStep(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class KillAtTest(L.Callback):
+    """SIGKILL at the start of the run's first evaluation under a test protocol (after fit: its final evaluation),
+    once per run directory (`<run_dir>/killed-at-test` says it was done): the same command run again goes on."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        marker = f"{trainer.default_root_dir}/killed-at-test"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,6 +1,6 @@
-"""The third round of hostile input (issue 38), beyond the one-line refusals of test_hardening's table: generated
-scripts and printed commands executed with hostile paths, links planted in run directories, and concurrent
-writers of one file."""
+"""The third round of hostile input (issue 38), beyond the one-line refusals of test_hardening's table (and its
+SIGHUP to `run`): generated scripts and printed commands executed with hostile paths, links planted in run
+directories, runs stopped in their final evaluation, and concurrent writers of one file."""
 
 import json
 import multiprocessing
@@ -17,6 +17,7 @@ from conftest import QUIET, REPO, cli_error, fit, run_cli, summary
 from resnet_repro.cli import main
 from resnet_repro.files import write_json_atomically
 from resnet_repro.launch.command import print_wandb_sync
+from resnet_repro.report.collect import collect_runs
 from resnet_repro.rundir import check_no_links
 
 DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
@@ -193,6 +194,32 @@ def test_report_run_and_responses_read_nothing_through_a_link(finished_run, tmp_
         f"resnet-repro run: {fit_log} is a symbolic link inside the run directory")
     assert secret.read_text() == "step,the user's secret\n1,x\n"
     assert not (tmp_path / "runs" / "exps-tiny" / "experiment.json").exists()
+
+
+def test_a_run_stopped_in_its_final_evaluation_is_not_finished_and_the_same_command_completes_it(tmp_path,
+                                                                                                monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", WITH_TESTS["PYTHONPATH"])
+    path = write_experiment(tmp_path, {**TINY_RUN, "trainer.callbacks": [{"class_path": "killer.KillAtTest"}]})
+    root = tmp_path / "runs"
+    run = root / "exps-tiny" / "resnet20-s0"
+    with pytest.raises(SystemExit):  # its fit is killed in the test after training
+        main(["run", str(path), "--runs-root", str(root)])
+    assert (run / "killed-at-test").is_file()
+    state = summary(run)
+    assert state["status"] == "evaluating" and state["steps"] == 4 and "test/single_view/error" not in state
+    runs, evaluated, _ = collect_runs([root / "exps-tiny"])
+    assert runs.status.tolist() == ["evaluating"] and evaluated.empty  # the report does not count it finished
+
+    capsys.readouterr()
+    main(["run", str(path), "--runs-root", str(root)])  # the same command: trains nothing, evaluates
+    assert "finished, skipped" not in capsys.readouterr().out
+    state = summary(run)
+    assert state["status"] == "finished" and state["steps"] == 4 and "test/single_view/error" in state
+    log = (run / "fit.log").read_text()
+    assert log.count("$ resnet-repro fit ") == 2 and "Restored all states from the checkpoint" in log
+    runs, evaluated, _ = collect_runs([root / "exps-tiny"])
+    assert runs.status.tolist() == ["finished"] and evaluated.protocol.tolist() == ["single_view"]
+    assert evaluated.step.tolist() == [4]
 
 
 def write_many(path: str, writer: int) -> None:
