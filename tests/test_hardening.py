@@ -428,25 +428,29 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
     path = tmp_path / "exps" / "pause.yaml"
     path.parent.mkdir()
     run = tmp_path / "runs" / "exps-pause" / "resnet20-s0"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
-    # stopped while paused before iteration 4 (then 6), the child finishes that iteration and its checkpoint
-    for how, pause, checkpoint in [(signal.SIGTERM, 3, 4), (signal.SIGKILL, 5, 6)]:
+    # the `run` of this checkout, whatever copy the console script was installed from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "WANDB_MODE": "offline"}
+    # stopped while paused before iteration 4 (then 6, 8), the child finishes that iteration and its checkpoint
+    for how, pause, checkpoint in [(signal.SIGTERM, 3, 4), (signal.SIGHUP, 5, 6), (signal.SIGKILL, 7, 8)]:
         path.write_text(yaml.safe_dump({
             "recipe": str(REPO / "experiments/digits/base.yaml"), "grid": {"model.model": ["resnet20"]},
-            "overrides": {"trainer.max_steps": 8, "data.init_args.batch_size": 16, "checkpoint.every_n_train_steps": 2,
-                          "trainer.val_check_interval": 8, "wandb": False, "trainer.enable_progress_bar": False,
+            "overrides": {"trainer.max_steps": 10, "data.init_args.batch_size": 16, "checkpoint.every_n_train_steps": 2,
+                          "trainer.val_check_interval": 10, "wandb": False, "trainer.enable_progress_bar": False,
                           "trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": pause}}]}}))
         (run / "paused").unlink(missing_ok=True)
         parent = subprocess.Popen([str(Path(sys.executable).parent / "resnet-repro"), "run", str(path), "--runs-root",
                                    str(tmp_path / "runs")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             for _ in range(600):
                 if (run / "paused").is_file():
                     break
                 time.sleep(0.1)
             child = int((run / "paused").read_text())
-            parent.send_signal(how)
+            if how == signal.SIGHUP:  # a closed terminal or ssh session: to `run` and its fit alike
+                os.killpg(parent.pid, how)
+            else:
+                parent.send_signal(how)
             _, stderr = parent.communicate(timeout=60)
         finally:
             parent.kill()
@@ -457,7 +461,7 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
         else:
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"the fit child {child} outlived `run` stopped by {how.name}")
-        if how == signal.SIGTERM:
+        if how != signal.SIGKILL:  # SIGHUP is handled as SIGTERM
             assert parent.returncode != 0
             assert stderr.strip().splitlines()[-1] == ("resnet-repro run: stopped by SIGTERM; a run keeps its last "
                                                        "checkpoint, and the same command resumes it")
