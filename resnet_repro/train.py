@@ -10,6 +10,7 @@ protocol the config names.
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -140,14 +141,16 @@ def check_sync_batchnorm(config) -> None:
 
 
 def budget_fraction(text: str) -> Fraction:
-    """A budget, the fraction of the paper's schedule a run trains for: 1/2, 1/8, 0.25 (at most 1)."""
+    """A budget, the fraction of the paper's schedule a run trains for: 1/2, 1/8, 0.25 (above 0, at most 1, in
+    steps of no less than a billionth, so that its folder's name stays short: runs/<experiment>@1-32). Written in
+    a few digits with a point or a slash: an exponent (1e-99999999) could take Python hours to parse."""
     try:
-        budget = Fraction(text)
+        budget = Fraction(text) if re.fullmatch(r"[0-9./]{1,21}", text) else None
     except (ValueError, ZeroDivisionError):
         budget = None
-    if budget is None or not 0 < budget <= 1:
+    if budget is None or not 0 < budget <= 1 or budget.denominator > 10**9:
         raise ValueError(f"--budget {text}: give the fraction of the paper's schedule to train for, above 0 and at most "
-                         f"1, e.g. 1/8 or 0.125")
+                         f"1, e.g. 1/8 or 0.125 (no finer than 1/1000000000)")
     return budget
 
 

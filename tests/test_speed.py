@@ -142,4 +142,4 @@ def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
 def test_bench_refuses_zero_steps():
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "resnet20", "--device", "cpu", "--steps", "0"])
-    assert "--steps must be at least 1" in str(exit_.value.code)
+    assert "argument --steps: '0' is not a whole number, 1 or more" in str(exit_.value.code)

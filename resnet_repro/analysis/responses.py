@@ -7,7 +7,6 @@ test set (the first `num_images`), with the network in eval mode (BN uses its ru
 channels (the typical response of one filter); `pool="all"` takes one std over every value of the layer.
 """
 
-import argparse
 import inspect
 import shlex
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..data import data_module_class
 from ..files import read_yaml, staged
 from ..hooks import hooked
 from ..models import BasicBlock, Bottleneck, get_spec
+from ..options import OptionParser, count
 from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_checkpoint, run_dirs
 from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
@@ -246,13 +246,13 @@ def measure_runs(paths: list[Path], models: list[str] | None = None, num_images:
 
 
 def responses_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
+    parser = OptionParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path,
                         help="checkpoints, run directories or experiment folders (runs/cifar10-table6 ...)")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="only runs of these nets (e.g. plain20 resnet56)")
     parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images and where they are (default: each run's "
                              "data module, from its default folder, ./data, never downloading)")
-    parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
+    parser.add_argument("--images", type=count, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
     parser.add_argument("--out", type=Path, default=Path("results/responses"))
     args = parser.parse_args(argv)
