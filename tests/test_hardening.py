@@ -113,6 +113,24 @@ def workspace(tmp_path_factory) -> Path:
     (root / "list-summary" / "run").mkdir(parents=True)
     (root / "list-summary" / "run" / "summary.json").write_text("[]")
     (root / "link").symlink_to(root / "mine")
+    # run state from elsewhere (issue 38): links in a run folder or a manifest, checkpoints of another net or without
+    # their iteration count, a summary from an older layout
+    (root / "linked-exp" / "run").mkdir(parents=True)
+    (root / "linked-exp" / "run" / "metrics.csv").symlink_to(root / "mine" / "notes.txt")
+    (root / "manifests" / "loop").mkdir(parents=True)
+    (root / "manifests" / "loop" / "loop").symlink_to(root / "manifests" / "loop" / "loop")
+    (root / "manifests" / "loop" / "experiment.json").write_text(json.dumps({"runs": ["loop"]}))
+    (root / "string-summary" / "run").mkdir(parents=True)
+    (root / "string-summary" / "run" / "summary.json").write_text(json.dumps({"status": "finished", "steps": "4"}))
+    checkpoint = torch.load(root / "exp" / "done" / "checkpoints" / "last.ckpt", weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != "global_step"}, root / "no-step.ckpt")
+    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "model": "resnet56"}},
+               root / "renamed-net.ckpt")
+    shutil.copytree(root / "exp" / "done", root / "foreign" / "swapped", ignore=shutil.ignore_patterns(".lock"))
+    from resnet_repro.models import build_model
+    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "model": "resnet32"},
+                "state_dict": {f"net.{k}": v for k, v in build_model("resnet32").state_dict().items()}},
+               root / "foreign" / "swapped" / "checkpoints" / "last.ckpt")
     (root / "corrupt.ckpt").write_bytes(b"\x80\x02garbage")
     experiments = root / "exps"
     experiments.mkdir()
@@ -258,6 +276,42 @@ HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must sa
                                            "{root}/list-summary/run/summary.json is not a run summary of resnet-repro"),
     "report --out a symbolic link": (["report", "{root}/exp", "--out", "{root}/link"],
                                      "--out {root}/link is a symbolic link"),
+    # issue 38, a row per class that takes this form (scripts, SIGHUP, concurrent writers: tests/test_hostile.py)
+    "fit on a run directory holding a link": (
+        ["fit", *DIGITS, *TINY, "--run_dir", "{root}/linked-exp/run"],
+        "{root}/linked-exp/run/metrics.csv is a symbolic link inside the run directory {root}/linked-exp/run"),
+    "report on a run whose metrics.csv is a link": (
+        ["report", "{root}/linked-exp", "--out", "{root}/rep"],
+        "{root}/linked-exp/run/metrics.csv is a symbolic link inside the run directory"),
+    "report on a manifest naming a link loop": (
+        ["report", "{root}/manifests/loop", "--out", "{root}/rep"],
+        "{root}/manifests/loop/loop (a run directory) is a symbolic link"),
+    "test on a checkpoint without its iteration count": (
+        ["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path", "{root}/no-step.ckpt"],
+        "checkpoint {root}/no-step.ckpt has no iteration count (global_step None"),
+    "test on a checkpoint whose hyperparameters name another net": (
+        ["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path", "{root}/renamed-net.ckpt"],
+        "checkpoint {root}/renamed-net.ckpt does not hold the weights of the resnet56 it names"),
+    "responses on a checkpoint whose hyperparameters name another net": (
+        ["responses", "{root}/renamed-net.ckpt", "--data", str(REPO / "experiments/digits/base.yaml"), "--out",
+         "{root}/resp"], "checkpoint {root}/renamed-net.ckpt does not hold the weights of the resnet56 it names"),
+    "resume from a checkpoint of another net": (
+        ["fit", *DIGITS, *TINY, "--run_dir", "{root}/foreign/swapped"],
+        "checkpoint {root}/foreign/swapped/checkpoints/last.ckpt holds a resnet32 (shortcut A) of 10 classes, and this "
+        "run is a resnet20 (shortcut A) of 10 classes"),
+    "report on a summary with numbers as strings": (
+        ["report", "{root}/string-summary", "--out", "{root}/rep"],
+        "{root}/string-summary/run/summary.json: steps is '4', not a number"),
+    **{f"run {flag} {value}": (["run", str(REPO / "experiments/demo.yaml"), "--launcher", "slurm", flag, value],
+                               f"argument {flag}: '{value}' is not a whole number, 1 or more (resnet-repro run --help "
+                               f"lists the options)")
+       for flag, value in [("--nodes", "0"), ("--nodes", "-1"), ("--devices", "0"), ("--parallel", "0")]},
+    "a budget of 1e-99999999": (["run", str(REPO / "experiments/demo.yaml"), "--dry-run", "--budget", "1e-99999999"],
+                                "--budget 1e-99999999: give the fraction of the paper's schedule to train for"),
+    "bench --batch-size 0": (["bench", "resnet20", "--batch-size", "0"],
+                             "argument --batch-size: '0' is not a whole number, 1 or more"),
+    "responses --images 0": (["responses", "{root}/exp/done", "--images", "0", "--out", "{root}/resp"],
+                             "argument --images: '0' is not a whole number, 1 or more"),
 }
 
 
