@@ -20,7 +20,6 @@ backward pass (the activations: the same count on any device), and the wall time
 CIFAR-10 recipe) at the fit rate.
 """
 
-import argparse
 import contextlib
 import os
 import resource
@@ -41,6 +40,7 @@ from .hardware import device_name
 from .models import build_model
 from .models.size import count_macs, meta_model
 from .module import CompileMode, ResNetClassifier
+from .options import OptionParser, count
 
 
 class WarmUp:
@@ -269,30 +269,26 @@ def dataloader_loop(model: str, device: torch.device, batch_size: int, warm_up: 
 
 
 def bench_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="resnet-repro bench", description=__doc__.split("\n\n")[0])
+    parser = OptionParser(prog="resnet-repro bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="resnet20")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps at least (it lasts until steady)")
-    parser.add_argument("--warmup-limit", type=int, default=50,
+    parser.add_argument("--steps", type=count, default=20)
+    parser.add_argument("--warmup", type=count, default=5, help="warm-up steps at least (it lasts until steady)")
+    parser.add_argument("--warmup-limit", type=count, default=50,
                         help="warm-up steps at most: when the steps never agree within 10%%, time from there")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=count, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline loop")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--compile", dest="compile_mode", choices=get_args(CompileMode),
                         help="torch.compile mode of the fit path and the compute-only step (default: eager)")
-    parser.add_argument("--bn-group-size", type=int,
+    parser.add_argument("--bn-group-size", type=count,
                         help="BN over groups of this many images in fit and compute (the CIFAR-10 recipe's 64; "
                              "default: the whole batch)")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic algorithms and cuDNN benchmark off, as trainer.deterministic sets them")
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        raise ValueError(f"--warmup and --steps must be at least 1, got {args.warmup} and {args.steps}")
     if args.warmup_limit < args.warmup:
         raise ValueError(f"--warmup-limit must be at least --warmup ({args.warmup}), got {args.warmup_limit}")
-    if args.bn_group_size is not None and args.bn_group_size < 1:
-        raise ValueError(f"--bn-group-size must be at least 1 image, got {args.bn_group_size}")
     device = torch.device(args.device)
     # as in the recipes, for all three loops alike (the Trainer keeps these)
     torch.backends.cudnn.benchmark = not args.deterministic

@@ -11,6 +11,8 @@
 """
 
 import importlib
+import os
+import signal
 import sys
 
 from .errors import run_command
@@ -30,8 +32,17 @@ COMMANDS = {
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # LightningCLI reads its subcommand from the arguments
 
 
+def hang_up_as_sigterm(signum, frame) -> None:
+    """A closed terminal or ssh session (SIGHUP, to `run` and its children alike) stops a command as SIGTERM does:
+    `run` stops its children and says so, each fit ends between two iterations with its checkpoint and records
+    that it was interrupted; by default SIGHUP would kill them all at once, mid-write."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # under nohup it stays ignored
+        signal.signal(signal.SIGHUP, hang_up_as_sigterm)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if argv else 2)

@@ -92,13 +92,14 @@ def checked_name(name: str, what: str) -> str:
     return name
 
 
-def experiment_name(path: Path) -> str:
+def experiment_name(path: Path, budget: Fraction) -> str:
     path = Path(path).absolute()
     name = path.stem if path.parent.name == "experiments" else f"{path.parent.name}-{path.stem}"
     try:
-        return checked_name(name, "the experiment")
+        return checked_name(name + budget_label(budget), "the experiment")
     except ValueError as error:
-        raise ValueError(f"{path}: {error} (it is the file's folder and stem): rename the file") from None
+        raise ValueError(f"{path}: {error} (it is the file's folder and stem, then the budget's @1-32): rename the "
+                         f"file, or give a shorter budget") from None
 
 
 def load_yaml(path: Path, what: str) -> dict:
@@ -207,7 +208,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
     patches = spec.get("patches") or []
 
     protocols = spec.get("evaluate") or []
-    experiment = Experiment(experiment_name(path) + budget_label(budget), recipe, protocols, [])
+    experiment = Experiment(experiment_name(path, budget), recipe, protocols, [])
     recipe_config = load_yaml(recipe, "a recipe")
     grid = spec.get("grid") or {}
     default_seeds = spec.get("seeds", [0])

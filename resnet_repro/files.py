@@ -4,6 +4,7 @@ crash or a full disk never leaves a half-written one in place of a good one."""
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,11 +14,15 @@ import yaml
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` into `<path>.tmp` beside the target, flushed to disk, then renamed over it: a rename within
+    """`write(tmp)` into a temporary file beside the target, flushed to disk, then renamed over it: a rename within
     one folder is atomic (a temporary file elsewhere, e.g. in /tmp on another filesystem, could only be copied).
-    If anything fails the temporary file is removed and the target is as it was."""
+    If anything fails the temporary file is removed and the target is as it was. The temporary file is this
+    process's own (`<name>.<pid>.<random>.tmp`, created exclusively): two processes writing one file never share
+    one, and a link or file planted under its name is never written through. A target that is a symbolic link is
+    replaced by the file, never followed."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -28,9 +33,13 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:

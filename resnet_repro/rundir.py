@@ -4,8 +4,8 @@
     metrics.csv          per-iteration train/loss, train/error, lr; val/ and test/ error at each validation;
                          test/<protocol>/ error of each evaluation after training
     checkpoints/last.ckpt  written atomically every `checkpoint.every_n_train_steps` iterations and at the end
-    summary.json         status (running / finished / failed / interrupted), latest errors, params, steps, wall
-                         time, training images/s of the latest session, device, git revision
+    summary.json         status (running / evaluating / finished / failed / interrupted), latest errors, params,
+                         steps, wall time, training images/s of the latest session, device, git revision
     wandb/               the W&B run (offline when there is no key or WANDB_MODE=offline); its config has flat
                          columns to group by (dataset, family, depth, shortcut, seed, experiment, budget)
     fit.log              the output of its fit and test commands, when `run --parallel` started them
@@ -29,7 +29,34 @@ from pathlib import Path
 from .files import read_json, write_atomically, write_json_atomically
 
 EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
+# summary.json's numbers (besides the errors, EVALUATION_PREFIXES): each a number or null, checked where it is read
+SUMMARY_NUMBERS = ("seed", "params", "steps", "max_steps", "wall_time_s", "devices", "train_images_per_s")
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
+
+
+def check_not_a_link(path: Path, what: str) -> None:
+    if Path(path).is_symlink():
+        raise ValueError(f"{path} ({what}) is a symbolic link: resnet-repro never reads or writes runs through a "
+                         f"link; name what it points to, or put that in its place")
+
+
+def check_no_links(run_dir: Path) -> None:
+    """A run directory may come from elsewhere, and a symbolic link in it would make this machine write (the lock,
+    metrics.csv, a checkpoint) or read (summary.json, metrics.csv, wandb_run_id) another file: the run directory,
+    its experiment folder and everything in the run directory must be no link, else this is refused in one line
+    naming the first link. W&B's own folder is W&B's: it links its logs there itself and replaces those links
+    rather than writing through them. The runs root above may be a link (runs -> /scratch/runs: the user's own)."""
+    run_dir = Path(run_dir)
+    check_not_a_link(run_dir.parent, f"the experiment folder of {run_dir}")
+    check_not_a_link(run_dir, "a run directory")
+    for parent, folders, files in os.walk(run_dir):
+        for name in folders + files:
+            if os.path.islink(os.path.join(parent, name)):
+                raise ValueError(f"{os.path.join(parent, name)} is a symbolic link inside the run directory {run_dir}: "
+                                 f"resnet-repro never reads or writes a run's files through a link; remove it (or put "
+                                 f"a copy of what it points to in its place)")
+        if Path(parent) == run_dir and "wandb" in folders:
+            folders.remove("wandb")  # checked itself above; what is inside is W&B's
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -50,11 +77,38 @@ def read_checkpoint(path: Path) -> dict:
         reason = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(f"checkpoint {path} is unreadable or not plain data ({type(error).__name__}: {reason}); "
                          f"restore a good copy, or delete it to start the run over") from error
-    model = checkpoint.get("hyper_parameters", {}).get("model") if isinstance(checkpoint, dict) else None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    model = hparams.get("model") if isinstance(hparams, dict) else None
     if not isinstance(model, str) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a checkpoint of resnet-repro (it has no state_dict and model name); "
                          f"pass runs/<experiment>/<run>/checkpoints/last.ckpt")
+    step = checkpoint.get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"checkpoint {path} has no iteration count (global_step {step!r}, not a whole number 0 or "
+                         f"more): restore a good copy, or delete it to start the run over")
+    check_weights(path, checkpoint["state_dict"], model, hparams.get("shortcut"), hparams.get("num_classes"))
     return checkpoint
+
+
+def check_weights(path: Path, state_dict: dict, model: str, shortcut, num_classes) -> None:
+    """The weights fit the net the checkpoint's hyperparameters name, key for key and shape for shape (against the
+    net built on the meta device), so that loading them cannot fail half-way with a traceback of every key."""
+    from .models.size import meta_model
+
+    try:
+        net = meta_model(model, shortcut, num_classes)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"checkpoint {path} names a net that cannot be built ({error}): restore a good copy, or "
+                         f"delete it to start the run over") from None
+    # the LightningModule (module.py) holds the net as `self.net`: its keys are the net's, prefixed
+    expected = {f"net.{key}": tensor.shape for key, tensor in net.state_dict().items()}
+    shapes = {key: getattr(value, "shape", None) for key, value in state_dict.items()}
+    wrong = sorted(expected.keys() ^ shapes.keys()) + sorted(key for key in expected.keys() & shapes.keys()
+                                                              if shapes[key] != expected[key])
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not hold the weights of the {model} it names ({len(wrong)} "
+                         f"parameters missing, extra or of another shape, e.g. {', '.join(wrong[:3])}): restore a "
+                         f"good copy, or delete it to start the run over")
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -65,6 +119,11 @@ def read_summary(run_dir: Path) -> dict:
     if not isinstance(summary, dict):
         raise ValueError(f"{path} is not a run summary of resnet-repro (a JSON {type(summary).__name__}, not an "
                          f"object): restore it, or delete it and the next fit writes it again")
+    for key, value in summary.items():
+        if (key in SUMMARY_NUMBERS or key.startswith(EVALUATION_PREFIXES)) and not (
+                value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ValueError(f"{path}: {key} is {value!r}, not a number: it is not a run summary of this version of "
+                             f"resnet-repro; restore it, or delete it and the next fit writes it again")
     return summary
 
 
@@ -80,7 +139,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         path = Path(run_dir) / ".lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link: refused, never followed
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -177,12 +236,19 @@ def run_progress(run_dir: Path) -> tuple[int, float | None] | None:
     return iteration, row[1] if row else None
 
 
+def manifest_run_dir(folder: Path, run: str) -> Path:
+    """The run folder `run` of an experiment.json in `folder`, as an absolute path with its `..` taken out, not
+    resolved: what is read is the path that was checked, and a link there (even a loop) is refused, not followed."""
+    return Path(os.path.normpath(Path(folder).absolute() / run))
+
+
 def read_manifest(folder: Path) -> dict | None:
     """An experiment folder's experiment.json (written by `run`), or None. It may come from elsewhere: it must
     be an object whose runs are folders `<runs root>/<experiment>/<run>` of the runs root this folder is in,
     else it is refused in one line, so that it cannot make `report` read (and quote) files anywhere else."""
     folder = Path(folder)
     path = folder / "experiment.json"
+    check_not_a_link(path, "an experiment's list of runs")
     if not path.is_file():
         return None
     manifest = read_json(path)
@@ -190,8 +256,8 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
         raise ValueError(f"{path} is not an experiment manifest of resnet-repro (an object whose runs are a list of "
                          f"run folders): restore it, or delete it to report every run in {folder}")
-    root = folder.resolve().parent
-    outside = [run for run in runs if (folder / run).resolve().parent.parent != root]
+    root = manifest_run_dir(folder, ".").parent
+    outside = [run for run in runs if manifest_run_dir(folder, run).parent.parent != root]
     if outside:
         raise ValueError(f"{path} names run folders outside {root}/<experiment>/<run> ({', '.join(outside[:3])}): "
                          f"a manifest names runs of its own runs root only; pass other experiment folders yourself")
@@ -200,14 +266,18 @@ def read_manifest(folder: Path) -> dict | None:
 
 def run_dirs(folder: Path) -> list[Path]:
     """The runs of an experiment: those its experiment.json names (some may live in another experiment's folder
-    of the same runs root), else every run directory in the folder."""
+    of the same runs root), else every run directory in the folder; each checked for links (check_no_links)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: pass runs/<experiment>, the folder of an experiment's runs")
     manifest = read_manifest(folder)
     if manifest is not None:
-        return [(folder / path).resolve() for path in manifest["runs"]]
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        runs = [manifest_run_dir(folder, run) for run in manifest["runs"]]
+    else:
+        runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for run_dir in runs:
+        check_no_links(run_dir)
+    return runs
 
 
 def write_manifest(folder: Path, experiment: str, file: str, protocols: list[str], runs: list[Path],

@@ -10,6 +10,7 @@ protocol the config names.
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -40,8 +41,8 @@ from .hardware import device_name
 from .models import get_spec
 from .models.size import count_macs, count_params, meta_model
 from .module import ResNetClassifier
-from .rundir import (EVALUATION_PREFIXES, RunLock, drop_rows_after, final_errors, last_checkpoint, read_checkpoint,
-                     read_summary, repair_torn_line)
+from .rundir import (EVALUATION_PREFIXES, RunLock, check_no_links, drop_rows_after, final_errors, last_checkpoint,
+                     read_checkpoint, read_summary, repair_torn_line)
 from .tracking import finish_wandb, start_wandb
 
 TRAINER_DEFAULTS = {
@@ -141,15 +142,31 @@ def check_sync_batchnorm(config) -> None:
 
 
 def budget_fraction(text: str) -> Fraction:
-    """A budget, the fraction of the paper's schedule a run trains for: 1/2, 1/8, 0.25 (at most 1)."""
+    """A budget, the fraction of the paper's schedule a run trains for: 1/2, 1/8, 0.25 (above 0, at most 1, in
+    steps of no less than a billionth, so that its folder's name stays short: runs/<experiment>@1-32). Written in
+    a few digits with a point or a slash: an exponent (1e-99999999) could take Python hours to parse."""
     try:
-        budget = Fraction(text)
+        budget = Fraction(text) if re.fullmatch(r"[0-9./]{1,21}", text) else None
     except (ValueError, ZeroDivisionError):
         budget = None
-    if budget is None or not 0 < budget <= 1:
+    if budget is None or not 0 < budget <= 1 or budget.denominator > 10**9:
         raise ValueError(f"--budget {text}: give the fraction of the paper's schedule to train for, above 0 and at most "
-                         f"1, e.g. 1/8 or 0.125")
+                         f"1, e.g. 1/8 or 0.125 (no finer than 1/1000000000)")
     return budget
+
+
+def check_same_net(path: Path, hparams: dict, model) -> None:
+    """A resumed run goes on with the net of its checkpoint: another net (a checkpoint put there from another run)
+    is refused in one line, before anything is written, instead of failing to load key by key."""
+    def net(name: str, shortcut, num_classes) -> str:
+        option = get_spec(name).shortcut(shortcut)
+        return f"{name}{f' (shortcut {option})' if option else ''} of {num_classes} classes"
+
+    saved = net(hparams["model"], hparams.get("shortcut"), hparams.get("num_classes"))
+    configured = net(model.model, model.shortcut, model.num_classes)
+    if saved != configured:
+        raise ValueError(f"checkpoint {path} holds a {saved}, and this run is a {configured}: a resumed run keeps its "
+                         f"net; use a new --run_dir, or delete the checkpoint to start this run over")
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -219,7 +236,8 @@ class RunCLI(LightningCLI):
         kwargs["logger"] = make_loggers(run_dir, record, self.datamodule.dataset,
                                         use_wandb=config.wandb and self.subcommand == "fit", resumed_at=self.resumed_at)
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(RunSummary(run_dir, self.command, self.config_change, config.budget))
+        self.run_summary = RunSummary(run_dir, self.command, self.config_change, config.budget)
+        trainer.callbacks.append(self.run_summary)
         if config.precise_bn_batches:
             trainer.callbacks.append(PreciseBN(config.precise_bn_batches))
         return trainer
@@ -247,8 +265,10 @@ class RunCLI(LightningCLI):
         """On every rank alike: each reads the checkpoint and config.yaml, so each resumes from the same point and
         each refuses, or finds the run finished, with the same line (a rank that a launcher started exits as rank 0
         does instead of waiting for it). Nothing is written before the ranks meet, so they all read the same
-        files. The lock is rank 0's, the writer's."""
+        files. The lock is rank 0's, the writer's. First of all, a run directory holding a symbolic link is
+        refused: every file of the run is read and written below, by this project, Lightning and W&B."""
         run_dir = Path(config.run_dir)
+        check_no_links(run_dir)
         if rank_zero_only.rank == 0:
             self.lock = RunLock(run_dir)
         if self.subcommand != "fit":
@@ -256,28 +276,33 @@ class RunCLI(LightningCLI):
         checkpoint = last_checkpoint(run_dir)
         if config.ckpt_path is None and checkpoint.is_file():
             config.ckpt_path = str(checkpoint)
-        resumed_at = read_checkpoint(Path(config.ckpt_path))["global_step"] if config.ckpt_path else 0
+        state = read_checkpoint(Path(config.ckpt_path)) if config.ckpt_path else None
+        resumed_at = state["global_step"] if state else 0
         self.resumed_at = resumed_at
         saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            return
-        saved_config = read_yaml(saved)
-        if not isinstance(saved_config, dict):
-            raise ValueError(f"{saved} is not the config of a run (a mapping of settings): restore it or start the "
-                             f"run in a new --run_dir")
-        changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
+        changed = {}
+        if saved.is_file():
+            saved_config = read_yaml(saved)
+            if not isinstance(saved_config, dict):
+                raise ValueError(f"{saved} is not the config of a run (a mapping of settings): restore it or start "
+                                 f"the run in a new --run_dir")
+            changed = config_changes(saved_config, yaml.safe_load(self._parser("fit").dump(config, skip_none=False)))
         if changed and not config.accept_config_change:
             shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
             raise ValueError(f"{run_dir} holds a run with other settings ({shown}): a resumed run keeps what defines "
                              f"it. Use a new --run_dir, or pass --accept_config_change true to go on with the new "
                              f"values from iteration {resumed_at} (recorded in summary.json)")
+        if state:  # after a refused change of settings, whose line says more
+            check_same_net(Path(config.ckpt_path), state["hyper_parameters"], config.model)
         if changed:
             self.config_change = {"step": resumed_at, "changed": changed}
             rank_zero_only(print)(f"warning: {run_dir} goes on from iteration {resumed_at} with changed settings: "
                   f"{json.dumps(changed)}", file=sys.stderr)
-        elif read_summary(run_dir).get("status") == "finished" and resumed_at >= config.trainer.max_steps:
-            raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train (resnet-repro "
-                                  f"test --config {saved} --ckpt_path {checkpoint} evaluates it again)")
+        elif saved.is_file() and read_summary(run_dir).get("status") == "finished" and \
+                resumed_at >= config.trainer.max_steps:
+            again = shlex.join(["resnet-repro", "test", "--config", str(saved), "--ckpt_path", str(checkpoint)])
+            raise AlreadyFinished(f"{run_dir} has finished its {resumed_at} iterations: nothing to train ({again} "
+                                  f"evaluates it again)")
 
     def before_fit(self) -> None:
         hparams = self.model.hparams
@@ -289,6 +314,8 @@ class RunCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self.evaluate(self.command_config.protocols)
+        # only now: a run stopped in its evaluations is not finished, and `run` or `fit` takes it up again
+        self.run_summary.write(self.trainer, self.model, "finished")
         # W&B's summary holds each key's last value logged in this session; summary.json's final errors are the
         # run's, whatever session logged them (a resumed run's val/ error may come from before the kill)
         finish_wandb(exit_code=0, summary=final_errors(Path(self.command_config.run_dir)))
@@ -401,8 +428,9 @@ PROGRESS_EVERY_S = 10  # how often summary.json's iteration is renewed while tra
 
 class RunSummary(L.Callback):
     """Keeps `summary.json` whole and current: written at the start, at every validation and checkpoint, and at
-    the end of a fit (running / finished / failed / interrupted), and after every evaluation. What a write does
-    not renew (the last errors of an earlier session, the history of accepted config changes) is kept."""
+    the end of a fit (running / evaluating / failed / interrupted; RunCLI.after_fit writes finished once the final
+    weights are tested under the run's protocols), and after every evaluation. What a write does not renew (the
+    last errors of an earlier session, the history of accepted config changes) is kept."""
 
     def __init__(self, run_dir: Path, command: str, config_change: dict | None = None, budget: str | None = None):
         self.run_dir, self.command, self.budget = Path(run_dir), command, budget
@@ -478,7 +506,7 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, "running")
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self.write(trainer, pl_module, "finished")
+        self.write(trainer, pl_module, "evaluating")
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.update(trainer, {})  # the evaluation's errors; the status stays what it was

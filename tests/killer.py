@@ -63,3 +63,14 @@ class RecordProgress(L.Callback):
 
         with open(f"{trainer.default_root_dir}/progress.jsonl", "a") as f:
             f.write(json.dumps([trainer.global_step, run_progress(trainer.default_root_dir)]) + "\n")
+
+
+class KillAtTest(L.Callback):
+    """SIGKILL at the start of the run's first evaluation under a test protocol (after fit: its final evaluation),
+    once per run directory (`<run_dir>/killed-at-test` says it was done): the same command run again goes on."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        marker = f"{trainer.default_root_dir}/killed-at-test"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)

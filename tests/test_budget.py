@@ -102,8 +102,9 @@ def test_runs_taken_from_another_experiment_are_taken_at_the_same_budget():
     assert {run.setting("trainer.max_steps") for run in table3.runs} == {75_000}
 
 
-@pytest.mark.parametrize("budget", ["0", "2", "1/0", "half"])
+@pytest.mark.parametrize("budget", ["0", "2", "1/0", "half", "1e-99999999", "1e-5000", "1e-300", "1e-200",
+                                    "1/10000000000"])
 def test_a_budget_that_is_not_a_fraction_of_the_schedule_is_one_line(budget, tmp_path):
     message = cli_error("run", str(TABLE6), "--dry-run", "--budget", budget)
     assert message == (f"resnet-repro run: --budget {budget}: give the fraction of the paper's schedule to train for, "
-                       f"above 0 and at most 1, e.g. 1/8 or 0.125")
+                       f"above 0 and at most 1, e.g. 1/8 or 0.125 (no finer than 1/1000000000)")

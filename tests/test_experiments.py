@@ -158,7 +158,7 @@ def test_slurm_writes_one_array_job_and_torchrun_a_script_per_run(tmp_path):
     for name, line in zip(["plain20-s0", "resnet20-s0"], srun):  # each task's command and output in its run
         assert line.startswith("srun --kill-on-bad-exit=1 resnet-repro fit --config ")
         assert line.endswith("--trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp")
-        assert f'exec >>"{tmp_path}/runs/exps-tiny/{name}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1' in job
+        assert f'exec >>{tmp_path}/runs/exps-tiny/{name}/"slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1' in job
 
     main(["run", str(path), "--runs-root", str(tmp_path / "runs"), "--launcher", "torchrun", "--nodes", "3",
           "--devices", "2", "--only", "plain20-s0"])

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import stat
 import struct
 import shutil
@@ -16,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -112,6 +112,24 @@ def workspace(tmp_path_factory) -> Path:
     (root / "list-summary" / "run").mkdir(parents=True)
     (root / "list-summary" / "run" / "summary.json").write_text("[]")
     (root / "link").symlink_to(root / "mine")
+    # run state from elsewhere (issue 38): links in a run folder or a manifest, checkpoints of another net or without
+    # their iteration count, a summary from an older layout
+    (root / "linked-exp" / "run").mkdir(parents=True)
+    (root / "linked-exp" / "run" / "metrics.csv").symlink_to(root / "mine" / "notes.txt")
+    (root / "manifests" / "loop").mkdir(parents=True)
+    (root / "manifests" / "loop" / "loop").symlink_to(root / "manifests" / "loop" / "loop")
+    (root / "manifests" / "loop" / "experiment.json").write_text(json.dumps({"runs": ["loop"]}))
+    (root / "string-summary" / "run").mkdir(parents=True)
+    (root / "string-summary" / "run" / "summary.json").write_text(json.dumps({"status": "finished", "steps": "4"}))
+    checkpoint = torch.load(root / "exp" / "done" / "checkpoints" / "last.ckpt", weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != "global_step"}, root / "no-step.ckpt")
+    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "model": "resnet56"}},
+               root / "renamed-net.ckpt")
+    shutil.copytree(root / "exp" / "done", root / "foreign" / "swapped", ignore=shutil.ignore_patterns(".lock"))
+    from resnet_repro.models import build_model
+    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "model": "resnet32"},
+                "state_dict": {f"net.{k}": v for k, v in build_model("resnet32").state_dict().items()}},
+               root / "foreign" / "swapped" / "checkpoints" / "last.ckpt")
     (root / "corrupt.ckpt").write_bytes(b"\x80\x02garbage")
     experiments = root / "exps"
     experiments.mkdir()
@@ -257,6 +275,42 @@ HOSTILE = {  # argv (with {root} for the workspace) -> what the one line must sa
                                            "{root}/list-summary/run/summary.json is not a run summary of resnet-repro"),
     "report --out a symbolic link": (["report", "{root}/exp", "--out", "{root}/link"],
                                      "--out {root}/link is a symbolic link"),
+    # issue 38, a row per class that takes this form (scripts, SIGHUP, concurrent writers: tests/test_hostile.py)
+    "fit on a run directory holding a link": (
+        ["fit", *DIGITS, *TINY, "--run_dir", "{root}/linked-exp/run"],
+        "{root}/linked-exp/run/metrics.csv is a symbolic link inside the run directory {root}/linked-exp/run"),
+    "report on a run whose metrics.csv is a link": (
+        ["report", "{root}/linked-exp", "--out", "{root}/rep"],
+        "{root}/linked-exp/run/metrics.csv is a symbolic link inside the run directory"),
+    "report on a manifest naming a link loop": (
+        ["report", "{root}/manifests/loop", "--out", "{root}/rep"],
+        "{root}/manifests/loop/loop (a run directory) is a symbolic link"),
+    "test on a checkpoint without its iteration count": (
+        ["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path", "{root}/no-step.ckpt"],
+        "checkpoint {root}/no-step.ckpt has no iteration count (global_step None"),
+    "test on a checkpoint whose hyperparameters name another net": (
+        ["test", *DIGITS, "--run_dir", "{root}/exp/new", "--ckpt_path", "{root}/renamed-net.ckpt"],
+        "checkpoint {root}/renamed-net.ckpt does not hold the weights of the resnet56 it names"),
+    "responses on a checkpoint whose hyperparameters name another net": (
+        ["responses", "{root}/renamed-net.ckpt", "--data", str(REPO / "experiments/digits/base.yaml"), "--out",
+         "{root}/resp"], "checkpoint {root}/renamed-net.ckpt does not hold the weights of the resnet56 it names"),
+    "resume from a checkpoint of another net": (
+        ["fit", *DIGITS, *TINY, "--run_dir", "{root}/foreign/swapped"],
+        "checkpoint {root}/foreign/swapped/checkpoints/last.ckpt holds a resnet32 (shortcut A) of 10 classes, and this "
+        "run is a resnet20 (shortcut A) of 10 classes"),
+    "report on a summary with numbers as strings": (
+        ["report", "{root}/string-summary", "--out", "{root}/rep"],
+        "{root}/string-summary/run/summary.json: steps is '4', not a number"),
+    **{f"run {flag} {value}": (["run", str(REPO / "experiments/demo.yaml"), "--launcher", "slurm", flag, value],
+                               f"argument {flag}: '{value}' is not a whole number, 1 or more (resnet-repro run --help "
+                               f"lists the options)")
+       for flag, value in [("--nodes", "0"), ("--nodes", "-1"), ("--devices", "0"), ("--parallel", "0")]},
+    "a budget of 1e-99999999": (["run", str(REPO / "experiments/demo.yaml"), "--dry-run", "--budget", "1e-99999999"],
+                                "--budget 1e-99999999: give the fraction of the paper's schedule to train for"),
+    "bench --batch-size 0": (["bench", "resnet20", "--batch-size", "0"],
+                             "argument --batch-size: '0' is not a whole number, 1 or more"),
+    "responses --images 0": (["responses", "{root}/exp/done", "--images", "0", "--out", "{root}/resp"],
+                             "argument --images: '0' is not a whole number, 1 or more"),
 }
 
 
@@ -436,25 +490,29 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
     path = tmp_path / "exps" / "pause.yaml"
     path.parent.mkdir()
     run = tmp_path / "runs" / "exps-pause" / "resnet20-s0"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
-    # stopped while paused before iteration 4 (then 6), the child finishes that iteration and its checkpoint
-    for how, pause, checkpoint in [(signal.SIGTERM, 3, 4), (signal.SIGKILL, 5, 6)]:
+    # the `run` of this checkout, whatever copy the console script was installed from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "WANDB_MODE": "offline"}
+    # stopped while paused before iteration 4 (then 6, 8), the child finishes that iteration and its checkpoint
+    for how, pause, checkpoint in [(signal.SIGTERM, 3, 4), (signal.SIGHUP, 5, 6), (signal.SIGKILL, 7, 8)]:
         path.write_text(yaml.safe_dump({
             "recipe": str(REPO / "experiments/digits/base.yaml"), "grid": {"model.model": ["resnet20"]},
-            "overrides": {"trainer.max_steps": 8, "data.init_args.batch_size": 16, "checkpoint.every_n_train_steps": 2,
-                          "trainer.val_check_interval": 8, "wandb": False, "trainer.enable_progress_bar": False,
+            "overrides": {"trainer.max_steps": 10, "data.init_args.batch_size": 16, "checkpoint.every_n_train_steps": 2,
+                          "trainer.val_check_interval": 10, "wandb": False, "trainer.enable_progress_bar": False,
                           "trainer.callbacks": [{"class_path": "killer.PauseAtStep", "init_args": {"step": pause}}]}}))
         (run / "paused").unlink(missing_ok=True)
         parent = subprocess.Popen([str(Path(sys.executable).parent / "resnet-repro"), "run", str(path), "--runs-root",
                                    str(tmp_path / "runs")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             for _ in range(600):
                 if (run / "paused").is_file():
                     break
                 time.sleep(0.1)
             child = int((run / "paused").read_text())
-            parent.send_signal(how)
+            if how == signal.SIGHUP:  # a closed terminal or ssh session: to `run` and its fit alike
+                os.killpg(parent.pid, how)
+            else:
+                parent.send_signal(how)
             _, stderr = parent.communicate(timeout=60)
         finally:
             parent.kill()
@@ -465,7 +523,7 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
         else:
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"the fit child {child} outlived `run` stopped by {how.name}")
-        if how == signal.SIGTERM:
+        if how != signal.SIGKILL:  # SIGHUP is handled as SIGTERM
             assert parent.returncode != 0
             assert stderr.strip().splitlines()[-1] == ("resnet-repro run: stopped by SIGTERM; a run keeps its last "
                                                        "checkpoint, and the same command resumes it")
@@ -487,9 +545,10 @@ def test_a_full_disk_mid_checkpoint_ends_in_one_line_keeps_the_last_good_checkpo
 
     monkeypatch.setattr(torch, "save", fills_the_disk)
     message = cli_error("fit", *QUIET, "--wandb", "false", *DIGITS, *TINY, "--run_dir", str(run))
-    assert message == (f"resnet-repro fit: No space left on device ({run}/checkpoints/last.ckpt.tmp): free some "
-                       f"space, then the same command goes on from the last checkpoint")
-    assert calls[1] == run / "checkpoints" / "last.ckpt.tmp"  # written beside its target, not in $TMPDIR
+    assert calls[1].parent == run / "checkpoints"  # written beside its target, not in $TMPDIR
+    assert re.fullmatch(rf"last\.ckpt\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", calls[1].name)  # this process's own
+    assert message == (f"resnet-repro fit: No space left on device ({calls[1]}): free some space, then the same "
+                       f"command goes on from the last checkpoint")
     assert summary(run)["status"] == "failed" and "No space left on device" in summary(run)["error"]
     assert sorted(p.name for p in run.rglob("*.tmp")) == []  # no half-written leftovers
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2  # the last good one

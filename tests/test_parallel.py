@@ -128,7 +128,7 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
     expected = read_metrics(folder / "resnet20-B-s0")
     expected = expected[expected.metric == "train/error"]
     assert [row["trainer/global_step"] for row in history] == [1, 2, 3, 4, 5, 6] == expected.step.tolist()
-    assert [row["train/error"] for row in history] == pytest.approx(expected.value.tolist())
+    assert [100 * row["train/error"] for row in history] == pytest.approx(expected.value.tolist())  # W&B: fractions
     assert all(summary(folder / name)["status"] == "finished" for name in RUNS)
 
     # the same runs trained by `fit` one after another in this process, on the CPU threads a run side by side had:
@@ -160,7 +160,7 @@ def test_runs_side_by_side_fail_alone_stop_together_resume_and_match_one_after_a
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--parallel", "0"], "--parallel 0: the number of runs at once must be 1 or more"),
+    (["--parallel", "0"], "argument --parallel: '0' is not a whole number, 1 or more"),
     (["--gpus", "0"], "--gpus share GPUs out between runs side by side here: they go with --parallel N"),
     (["--parallel", "2", "--gpus", "99"], "--gpus 99: GPU 99 is not visible here"),
     (["--parallel", "2", "--gpus", "0,x"], "--gpus 0,x: give GPU indices separated by commas"),

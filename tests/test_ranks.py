@@ -30,11 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*command: str, env: dict | None = None) -> subprocess.Popen:
+def start(*command: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
     """A command that starts ranks, in a session of its own (so that a hung rank is killed with it)."""
     env = {**os.environ, "WANDB_MODE": "offline", "MASTER_PORT": str(free_port()),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}  # torchrun, from here
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
@@ -226,7 +226,8 @@ def test_a_slurm_array_task_signalled_and_requeued_resumes_exactly(two_rank_run,
     job = write_launch(tmp_path, "slurm", {**TINY, "trainer.callbacks": pause}) / "job.sbatch"
     run = job.parent / "resnet20-s0"
     sbatch = start("sbatch", str(job), env={"PATH": f"{slurm}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                            "SLURM_STANDIN": str(slurm), **WITH_KILLER})
+                                            "SLURM_STANDIN": str(slurm), **WITH_KILLER},
+                   cwd=job.parent)  # as `run --submit` starts it: SLURM's own output beside the job
     for _ in range(HANG * 10):
         if (run / "paused").is_file() or sbatch.poll() is not None:
             break

@@ -167,4 +167,4 @@ def test_a_step_launches_what_the_net_needs_and_little_more():
 def test_bench_refuses_zero_steps():
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "resnet20", "--device", "cpu", "--steps", "0"])
-    assert "--steps must be at least 1" in str(exit_.value.code)
+    assert "argument --steps: '0' is not a whole number, 1 or more" in str(exit_.value.code)

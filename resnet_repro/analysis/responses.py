@@ -7,7 +7,6 @@ test set (the first `num_images`), with the network in eval mode (BN uses its ru
 channels (the typical response of one filter); `pool="all"` takes one std over every value of the layer.
 """
 
-import argparse
 import inspect
 import shlex
 from pathlib import Path
@@ -24,8 +23,9 @@ from ..data import data_module_class
 from ..files import read_yaml, staged
 from ..hooks import hooked
 from ..models import BasicBlock, Bottleneck, get_spec
+from ..options import OptionParser, count
 from ..report.figures import LINE_STYLES, net_colours, seeds_text
-from ..rundir import last_checkpoint, read_checkpoint, run_dirs
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_checkpoint, run_dirs
 from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
 # never a run folder's, which may come from elsewhere
@@ -196,6 +196,8 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
     checkpoint = Path(checkpoint)
     read_checkpoint(checkpoint)
     config_path = Path(data_config) if data_config else checkpoint.parent.parent / "config.yaml"
+    if not data_config:
+        check_not_a_link(config_path, "the config of the checkpoint's run")
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: pass --data with a recipe whose data section gives the images")
     datamodule = data_module_from(config_path, from_run=data_config is None)
@@ -220,6 +222,7 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif last_checkpoint(path).is_file():
+            check_no_links(path)
             found.append(last_checkpoint(path))
         elif path.is_dir():
             found += [last_checkpoint(run) for run in run_dirs(path) if last_checkpoint(run).is_file()]
@@ -262,13 +265,13 @@ def measure_runs(paths: list[Path], models: list[str] | None = None, num_images:
 
 
 def responses_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
+    parser = OptionParser(prog="resnet-repro responses", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path,
                         help="checkpoints, run directories or experiment folders (runs/cifar10-table6 ...)")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="only runs of these nets (e.g. plain20 resnet56)")
     parser.add_argument("--data", type=Path, help="a recipe whose data section gives the images and where they are (default: each run's "
                              "data module, from its default folder, ./data, never downloading)")
-    parser.add_argument("--images", type=int, default=1000, help="how many test images (default 1000)")
+    parser.add_argument("--images", type=count, default=1000, help="how many test images (default 1000)")
     parser.add_argument("--pool", choices=["channel", "all"], default="channel", help="how the std is pooled")
     parser.add_argument("--out", type=Path, help="default: results/<experiment>[+<experiment>...]-responses, beside "
                                                      "the experiments' report")

@@ -23,7 +23,8 @@ from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, sh
 from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
-from ..rundir import last_checkpoint, read_summary, write_manifest
+from ..options import OptionParser, count
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_summary, write_manifest
 from ..tracking import newest_offline_records
 from ..train import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
@@ -36,18 +37,18 @@ def raise_sigterm(signum, frame) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="resnet-repro run", description=__doc__.split("\n\n")[0])
+    parser = OptionParser(prog="resnet-repro run", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", type=Path, help="an experiment file, e.g. experiments/cifar10/table6.yaml")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these runs (names as --dry-run prints them)")
-    parser.add_argument("--devices", type=int, help="devices per node for each run (default: the recipe's)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes per run (torchrun and slurm)")
+    parser.add_argument("--devices", type=count, help="devices per node for each run (default: the recipe's)")
+    parser.add_argument("--nodes", type=count, default=1, help="nodes per run (torchrun and slurm)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: train here; torchrun: write a launch script per run; slurm: write one array job")
-    parser.add_argument("--parallel", type=int, metavar="N",
+    parser.add_argument("--parallel", type=count, metavar="N",
                         help="local: up to N runs at once, each on its own devices (its GPUs, or cores / N CPU "
                              "threads); slurm: at most N array tasks at once")
     parser.add_argument("--gpus", metavar="I,J,...", help="with --parallel: the GPUs to share out (default: all visible)")
-    parser.add_argument("--runs-per-gpu", type=int, metavar="K",
+    parser.add_argument("--runs-per-gpu", type=count, metavar="K",
                         help="with --parallel: K one-device runs share each GPU (default 1)")
     parser.add_argument("--budget", default="1", metavar="F",
                         help="train for F of the paper's schedule (1/2, 1/8, 1/32, ...): every iteration count x F "
@@ -66,8 +67,6 @@ def device_pool(args: argparse.Namespace) -> DevicePool:
     """The GPUs that --parallel's runs share (none on a CPU-only machine; none without --parallel here: a run
     alone sees every GPU); bad combinations of --parallel, --gpus and --runs-per-gpu refused."""
     sharing = [flag for flag, value in (("--gpus", args.gpus), ("--runs-per-gpu", args.runs_per_gpu)) if value]
-    if args.parallel is not None and args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: the number of runs at once must be 1 or more")
     if args.parallel is None or args.launcher != "local":
         if sharing:
             raise ValueError(f"{' and '.join(sharing)} share GPUs out between runs side by side here: they go with "
@@ -90,8 +89,6 @@ def device_pool(args: argparse.Namespace) -> DevicePool:
     if args.runs_per_gpu is not None and not gpus:
         raise ValueError("--runs-per-gpu shares GPUs, and this machine has none: here --parallel N splits the CPU "
                          "cores between the N runs")
-    if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
-        raise ValueError(f"--runs-per-gpu {args.runs_per_gpu}: the runs that share a GPU must be 1 or more")
     return DevicePool(gpus, args.runs_per_gpu or 1)
 
 
@@ -112,6 +109,10 @@ def run_command(argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, raise_sigterm)  # stopped like Ctrl-C: the children are stopped first
     runs_root = args.runs_root or Path("runs-smoke" if args.smoke else "runs")
+    # run folders may come from elsewhere: none is read or written through a link (its fit would refuse it too)
+    check_not_a_link(runs_root / experiment.name, "the experiment folder")
+    for run in experiment.runs:
+        check_no_links(runs_root / run.experiment / run.name)
     # the data, before any work: a miniature writes its own stand-in data
     absent = {} if args.smoke else missing_data([run for run in runs if read_summary(
         runs_root / run.experiment / run.name).get("status") != "finished"])

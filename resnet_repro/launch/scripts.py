@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from ..experiments import Experiment, Run, shown
+from ..files import write_text_atomically
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 
@@ -30,29 +31,32 @@ def launch_command(launcher: str, subcommand: str, args: list[str], nodes: int, 
     return f"srun --kill-on-bad-exit=1 resnet-repro {line}" if launcher == "slurm" else f"resnet-repro {line}"
 
 
-def slurm_array_script(experiment: Experiment, folder: Path, tasks: list[tuple[Run, Path, list[str]]], nodes: int,
-                       devices: int, at_once: int) -> str:
-    """One SLURM array job for the experiment (written into `folder`, runs/<experiment>/): task i runs the i-th
-    run's commands, at most `at_once` tasks at a time, each task's output in its run directory."""
+def slurm_array_script(experiment: Experiment, tasks: list[tuple[Run, Path, list[str]]], nodes: int, devices: int,
+                       at_once: int) -> str:
+    """One SLURM array job for the experiment: task i runs the i-th run's commands, at most `at_once` tasks at a
+    time, each task's output in its run directory. Every path is quoted for bash, and no #SBATCH line holds one:
+    sbatch parses those lines itself, and for bash they are comments that a newline in a path would end. SLURM's own
+    output goes to slurm-%A_%a.out in the folder sbatch is started in (`run --submit`: runs/<experiment>/)."""
     cases = []
     for index, (run, run_dir, commands) in enumerate(tasks):
-        log = f"{run_dir.absolute()}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out"
+        folder = shlex.quote(str(run_dir.absolute()))
         # the run directory's first file may be this log: a new run's directory is made here, not by `run`
-        cases += [f"  {index})  # {run.name}", f'    mkdir -p "{run_dir.absolute()}"', f'    exec >>"{log}" 2>&1',
+        cases += [f"  {index})  # {run.name}", f"    mkdir -p {folder}",
+                  f'    exec >>{folder}/"slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1',
                   *(f"    {command}" for command in commands),
                   "    ;;"]
     # Lightning's SLURM plugin catches SIGUSR1 (sent 90 s before the time limit), saves and requeues the task;
     # the requeued task's `fit` resumes from last.ckpt in the run directory.
     return "\n".join([
         "#!/bin/bash",
-        f"#SBATCH --job-name={experiment.name}",
+        f"#SBATCH --job-name={experiment.name}",  # a safe folder name (experiments.SAFE_NAME)
         f"#SBATCH --array=0-{len(tasks) - 1}%{at_once}",
         f"#SBATCH --nodes={nodes}",
         f"#SBATCH --ntasks-per-node={devices}",
         f"#SBATCH --gpus-per-node={devices}",
         "#SBATCH --signal=SIGUSR1@90",
         "#SBATCH --requeue",
-        f"#SBATCH --output={folder.absolute()}/slurm-%A_%a.out",  # until the task's own log opens
+        "#SBATCH --output=slurm-%A_%a.out",  # until the task's own log opens
         "set -e  # a task whose fit fails stops there: no evaluation of a run that did not finish",
         f"cd {shlex.quote(str(Path.cwd()))}",
         'case "$SLURM_ARRAY_TASK_ID" in',
@@ -81,7 +85,7 @@ def write_scripts(args: argparse.Namespace, experiment: Experiment, runs_root: P
         for run, run_dir, _, commands in tasks:
             run_dir.mkdir(parents=True, exist_ok=True)
             script = run_dir / "launch.sh"
-            script.write_text(torchrun_script(run, commands, args.nodes))
+            write_text_atomically(script, torchrun_script(run, commands, args.nodes))
             print(f"{run.name}: wrote {shown(script)}")
             if args.submit and subprocess.run(["bash", str(script)]).returncode != 0:
                 failed.append(run.name)
@@ -95,11 +99,12 @@ def write_scripts(args: argparse.Namespace, experiment: Experiment, runs_root: P
                          f"per node: pass --devices, or write them in groups with --only")
     folder = runs_root / experiment.name
     script = folder / "job.sbatch"
-    script.write_text(slurm_array_script(experiment, folder, [(run, run_dir, commands) for run, run_dir, _, commands
-                                                              in tasks], args.nodes, devices[0],
-                                         args.parallel or len(tasks)))
+    write_text_atomically(script, slurm_array_script(experiment, [(run, run_dir, commands) for run, run_dir, _, commands
+                                                                  in tasks], args.nodes, devices[0],
+                                                     args.parallel or len(tasks)))
     print(f"{experiment.name}: wrote {shown(script)}, an array job of {len(tasks)} tasks ("
-          + ", ".join(f"{index}: {run.name}" for index, (run, *_) in enumerate(tasks)) + ")")
-    if args.submit and subprocess.run(["sbatch", str(script)]).returncode != 0:
+          + ", ".join(f"{index}: {run.name}" for index, (run, *_) in enumerate(tasks)) + ")"
+          + ("" if args.submit else f"; submit it with: cd {shlex.quote(shown(folder))} && sbatch job.sbatch"))
+    if args.submit and subprocess.run(["sbatch", str(script.absolute())], cwd=folder).returncode != 0:
         return [run.name for run, *_ in tasks]
     return []

@@ -1,7 +1,6 @@
 """`resnet-repro report runs/<experiment>`: the table (Markdown, CSV), the training curves (PNG) and a README
 saying what made them, written all at once: a crash half-way leaves the previous report as it was."""
 
-import argparse
 import shlex
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..files import staged
+from ..options import OptionParser
 from ..paper import PAPER_DATASETS, copied_dataset
 from ..rundir import read_manifest
 from .collect import budgets, collect_runs
@@ -71,7 +71,7 @@ def readme(folders: list[Path], runs, markdown: str, command: str) -> str:
 
 
 def report_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="resnet-repro report", description="tables and figures from run directories")
+    parser = OptionParser(prog="resnet-repro report", description="tables and figures from run directories")
     parser.add_argument("experiment_dirs", type=Path, nargs="+",
                         help="runs/<experiment> ... (several: one report, e.g. Figure 6's plain and residual runs)")
     parser.add_argument("--out", type=Path, help="default: results/<experiment>[+<experiment>...]")
