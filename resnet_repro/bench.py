@@ -93,20 +93,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def training_rate(device: torch.device, steps: int = 3, batch: int = 64) -> float:
+def training_rate(device: torch.device, steps: int = 3, batch: int = 128) -> float:
     """Training multiply-adds per second (forward + backward ~ 3 x forward) of ResNet-20 on 32x32 images on
-    `device`, over `steps` SGD steps after one: the rate `run --dry-run` divides each run's FLOPs by."""
+    `device`, over `steps` SGD steps after a warm-up (until steady, 20 steps at most: the first steps set up
+    kernels and memory, and timed they made a 34-minute run look like a 2-hour one): the rate `run --dry-run`
+    divides each run's FLOPs by."""
     net = build_model("resnet20").to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, foreach=True)
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
-    for step in range(steps + 1):
-        if step == 1:  # the first step allocates and (on a GPU) picks its kernels
-            synchronize(device)
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images), labels).backward()
-        optimizer.step()
+    warm_up = WarmUp(2, 20, device)
+    while not warm_up.over():
+        train_step(net, optimizer, images, labels)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(net, optimizer, images, labels)
     synchronize(device)
     return 3 * count_macs(meta_model("resnet20"), 32) * batch * steps / (time.perf_counter() - start)
 

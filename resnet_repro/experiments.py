@@ -57,6 +57,13 @@ class Run:
     def recipe_setting(self, key: str):
         return dotted(self.recipe_config, key)
 
+    def data_init_args(self) -> dict:
+        """The settings of the run's data module: the recipe's, the run's own on top."""
+        init_args = dict(self.recipe_setting("data.init_args") or {})
+        init_args.update({key.removeprefix("data.init_args."): value for key, value in self.settings.items()
+                          if key.startswith("data.init_args.")})
+        return init_args
+
     def fit_args(self, run_dir: Path, protocols: list[str] | None = None) -> list[str]:
         """The arguments of `resnet-repro fit` for this run (and of `test` under `protocols`)."""
         protocols = self.protocols if protocols is None else protocols

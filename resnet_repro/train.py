@@ -68,6 +68,7 @@ HOW_NOT_WHAT = ("config", "run_dir", "ckpt_path", "weights_only", "wandb", "acce
                 "trainer.default_root_dir", "trainer.benchmark", "trainer.log_every_n_steps",
                 "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.limit_test_batches",
                 "trainer.num_sanity_val_steps", "trainer.profiler", "model.channels_last", "model.compile_mode",
+                "trainer.inference_mode",
                 "precise_bn_batches",  # evaluation only: what is tested, not what is trained
                 "data.init_args.data_dir", "data.init_args.download", "data.init_args.num_workers",
                 "data.init_args.eval_batch_size", "data.init_args.eval_mode", "data.init_args.scales",
@@ -257,6 +258,10 @@ class RunCLI(LightningCLI):
         check_values(config, self.subcommand)
         if config.trainer.deterministic:  # cuDNN's benchmark picks conv algorithms by timing them: not repeatable
             config.trainer.benchmark = False
+        if config.model.compile_mode is not None:
+            # Lightning evaluates under torch.inference_mode, whose tensors a compiled net's CUDA graphs
+            # (reduce-overhead) cannot take back into training; no_grad evaluates the same, and they can
+            config.trainer.inference_mode = False
         if self.subcommand is not None:  # checkpoints are loaded as data (tensors, plain containers), never as code
             config.weights_only = True
         self.check_run_dir(config)

@@ -53,12 +53,16 @@ def test_dry_run_prints_each_run_with_its_cost_and_command(capsys, monkeypatch):
     main(["run", str(REPO / "experiments/demo.yaml"), "--dry-run"])
     out = capsys.readouterr().out
     assert "3 x forward" in out and "(1 G multiply-adds/s x its devices)" in out
-    assert "ResNet-20 on 32x32 images measured now in 3 steps of 64 on " in out and "data:" not in out  # embedded
-    # 1.46e11 multiply-adds at 1e9 a second; the 12 runs' total
-    assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs, about 2.4 min on " \
-           "1 device(s) here" in out
-    total = sum(float(flops) for flops in re.findall(r"params, (\S+) training FLOPs", out)) / 1e9
-    assert out.splitlines()[-1] == f"total: about {total / 60:.1f} min of training, one run after another on this machine"
+    assert "ResNet-20 on 32x32 images measured now in 3 steps of 128 after a warm-up on " in out
+    assert "data:" not in out  # embedded
+    # 1.46e11 multiply-adds of training at 1e9 a second; evaluation: 3 validations (every 50 of 150 iterations) of
+    # the 200 validation and 300 test digits, and the final test of the 300: 1,800 images x 2,535,040 = 4.56e9
+    assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs, about 2.5 min on " \
+           "1 device(s) here (training 2.4 min, evaluation 5 s)" in out
+    training = sum(float(flops) for flops in re.findall(r"params, (\S+) training FLOPs", out)) / 1e9
+    total = re.fullmatch(r"total: about ([\d.]+) min of training and evaluation, one run after another on this "
+                         r"machine", out.splitlines()[-1])
+    assert training / 60 < float(total[1]) < 1.1 * training / 60  # the digits' evaluations: a few percent
     assert ("  recipe settings that move its number: trainer.precision 32-true; data.init_args.train_on_all false; "
             "model.bn_group_size null; model.warmup null; model.sgd_form \"pytorch\"; precise_bn_batches 0; "
             "trainer.deterministic false") in out
@@ -67,6 +71,18 @@ def test_dry_run_prints_each_run_with_its_cost_and_command(capsys, monkeypatch):
         assert f"--run_dir runs/demo/{name} --seed_everything {seed}" in out
     # plain-20 on the 8x8 digits: 2,535,040 multiply-adds per image (16x fewer than at 32x32), x 3 x 128 x 150
     assert "plain20-s0: plain20, 150 iterations of 128, 269,722 params, 1.46e+11 training FLOPs" in out
+
+
+def test_a_run_that_would_mostly_evaluate_says_so_in_its_dry_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(launch_command, "training_rate", lambda device: 1e9)
+    # 2 iterations of 16 digits, validated after each over the 200 validation and 300 test digits
+    path = write_experiment(tmp_path, overrides={**TINY, "trainer.max_steps": 2, "trainer.val_check_interval": 1,
+                                                 "data.init_args.batch_size": 16}, evaluate=["single_view"])
+    main(["run", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    # training 3 x 16 x 2 = 96 forward passes, evaluation 2 x 500 + 300 = 1,300: 93%
+    assert "  warning: it would spend 93% of its time evaluating: a longer trainer.val_check_interval (or a larger " \
+           "--budget) makes it mostly train" in out
 
 
 def test_the_rate_of_the_wall_time_estimate_is_measured_on_this_machine():

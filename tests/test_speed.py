@@ -5,11 +5,12 @@ import re
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 
-from conftest import REPO, cli_error, fit, train_rows
+from conftest import REPO, cli_error, fit, summary, train_rows
 from resnet_repro import bench
 from resnet_repro.bench import WarmUp, saved_for_backward
 from resnet_repro.cli import main
@@ -20,15 +21,23 @@ DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml"), "--trainer.lim
 
 
 def test_the_fast_path_gives_the_plain_paths_loss_curve_and_weights(tmp_path):
-    # channels_last and torch.compile against contiguous eager, through the real fit path. At the warm-up lr
+    # channels_last and torch.compile against contiguous eager, through the real fit path: train, validate and
+    # checkpoint at iteration 2, train on, then precise BN and the test on the compiled net. At the warm-up lr
     # 0.01: at 0.1 the first steps on the digits amplify rounding differences ~10x per step (a relative 4e-4
     # by step 3 from channels_last alone), which would hide nothing but also prove nothing.
     runs = {"plain": ["--model.channels_last", "false"],
             "fast": ["--model.channels_last", "true", "--model.compile_mode", "default"]}
     counters.clear()
     for name, switches in runs.items():
-        fit(*DIGITS, "--run_dir", str(tmp_path / name), "--trainer.max_steps", "4", "--model.lr", "0.01", *switches)
+        fit("--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(tmp_path / name),
+            "--trainer.max_steps", "4", "--model.lr", "0.01", "--trainer.val_check_interval", "2",
+            "--checkpoint.every_n_train_steps", "2", "--precise_bn_batches", "2", "--protocols", '["single_view"]',
+            *switches)
     assert counters["stats"]["unique_graphs"] >= 1  # the fast run did run compiled
+    for name in runs:  # validated at 2 and 4 between the iterations, tested after precise BN
+        assert summary(tmp_path / name)["status"] == "finished" and "test/single_view/precise_bn_images" in summary(
+            tmp_path / name)
+    assert yaml.safe_load((tmp_path / "fast" / "config.yaml").read_text())["trainer"]["inference_mode"] is False
     plain, fast = train_rows(tmp_path / "plain"), train_rows(tmp_path / "fast")
     assert list(fast.index) == list(plain.index) == [1, 2, 3, 4]
     assert fast["train/loss"].tolist() == pytest.approx(plain["train/loss"].tolist(), rel=1e-4)

@@ -206,7 +206,10 @@ class ImageNetDataModule(L.LightningDataModule):
     dataset = "ImageNet"
     test_size = 50_000  # the validation set, which is the test set
     val_splits = ["val"]  # the validation set is the test set; no separate split is held out
-    protocols = ("center", "ten_crop", "multi_scale")
+    # each test protocol, with what one image costs in it in 224x224 crops: the multi-scale test feeds the whole image
+    # (about 4:3) at shorter sides 224 ... 640, 4/3 x (224^2 + 256^2 + 384^2 + 480^2 + 640^2) / 224^2 ~ 24 crops
+    protocol_views = {"center": 1, "ten_crop": 10, "multi_scale": 24}
+    protocols = tuple(protocol_views)
 
     def __init__(self, data_dir: str, batch_size: PositiveInt = 256, eval_batch_size: PositiveInt = 64,
                  num_workers: NonNegativeInt = 8,

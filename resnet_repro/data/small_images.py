@@ -7,6 +7,7 @@ batch is a pure function of (seed, step): a run resumed at step k sees exactly t
 uninterrupted run would, on any number of ranks.
 """
 
+import inspect
 import math
 
 import lightning as L
@@ -170,7 +171,8 @@ class SmallImageDataModule(L.LightningDataModule):
     split_seed = 0
     pad = 4  # the paper's padding of 32 x 32 images before the random crop
     eval_protocol = "single_view"  # the paper's CIFAR-10 test: each original test image, once
-    protocols = ("single_view",)
+    protocol_views = {"single_view": 1}  # each test protocol, with what one image costs in it (images of the net's size)
+    protocols = tuple(protocol_views)
 
     def __init__(self, batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, val_size: NonNegativeInt = 5000,
                  train_on_all: bool = False, seed: int = 0):
@@ -182,8 +184,13 @@ class SmallImageDataModule(L.LightningDataModule):
     @classmethod
     def validation_images(cls, init_args: dict) -> int:
         """The images evaluated at each validation during fit, from the module's settings (nothing is read)."""
-        held_out = 0 if init_args.get("train_on_all") else init_args.get("val_size", 5000)
-        return cls.test_size + held_out
+        settings = {}  # the defaults of the data module's own __init__ over its bases' (the digits hold out 200)
+        for klass in reversed(cls.__mro__):
+            if "__init__" in vars(klass) and klass is not object:
+                settings.update({name: p.default for name, p in inspect.signature(klass.__init__).parameters.items()
+                                 if p.default is not inspect.Parameter.empty})
+        settings.update(init_args)
+        return cls.test_size + (0 if settings["train_on_all"] else settings["val_size"])
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(train images N x 3 x H x W uint8, train labels int64, test images, test labels)."""

@@ -124,9 +124,10 @@ def run_command(argv: list[str]) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() and any(
             run.setting("trainer.accelerator") != "cpu" for run in runs) else "cpu")
         rate = training_rate(device)
-        print(f"wall time: each run's FLOPs / ({rate / 1e9:.3g} G multiply-adds/s x its devices), the training rate of "
-              f"ResNet-20 on 32x32 images measured now in 3 steps of 64 on {device_name(device)}; data loading, "
-              f"evaluation and other nets' efficiency are not counted (expect 2x either way)")
+        print(f"wall time: each run's training and evaluation FLOPs (forward only: 1 x forward x images) / ({rate / 1e9:.3g}"
+              f" G multiply-adds/s x its devices), the training rate of ResNet-20 on 32x32 images measured now in 3 "
+              f"steps of 128 after a warm-up on {device_name(device)}; data loading and other nets' efficiency are "
+              f"not counted (expect 2x either way)")
     else:
         # refused here; a script for torchrun or SLURM may be written where the cluster's data is not
         fatal = [line for line, downloaded in absent.items() if not downloaded and args.launcher == "local"]
@@ -168,7 +169,7 @@ def run_command(argv: list[str]) -> None:
                         run.setting("data.init_args.batch_size"), todo, on_gpu=run.setting("trainer.accelerator") != "cpu"))
         tasks.append((run, run_dir, devices, commands[1:] if finished else commands))
     if args.dry_run:
-        print(f"total: about {duration(total)} of training, one run after another on this machine")
+        print(f"total: about {duration(total)} of training and evaluation, one run after another on this machine")
         return
     if args.launcher == "local" and args.smoke:
         failed = [job.name for job in jobs if not run_miniature(job)]
@@ -205,14 +206,22 @@ def missing_data(runs: list[Run]) -> dict[str, bool]:
     download when the first run starts); the data modules are built from the runs' settings, nothing is read."""
     absent = {}
     for run in runs:
-        init_args = dict(run.recipe_setting("data.init_args") or {})
-        init_args.update({key.removeprefix("data.init_args."): value for key, value in run.settings.items()
-                          if key.startswith("data.init_args.")})
-        data = data_module_class(run.setting("data.class_path"))(**init_args)
+        data = data_module_class(run.setting("data.class_path"))(**run.data_init_args())
         line = data.missing_data()
         if line:
             absent[line] = bool(getattr(data, "download", False))
     return absent
+
+
+def evaluation_flops(run: Run, macs_per_image: int) -> float:
+    """The multiply-adds of a run's evaluations (forward only): at every validation during fit, each
+    trainer.val_check_interval iterations, and under each test protocol of its experiment at the end."""
+    data = data_module_class(run.setting("data.class_path"))
+    interval = run.setting("trainer.val_check_interval")
+    validations = run.setting("trainer.max_steps") // interval if isinstance(interval, int) else 0
+    images = validations * data.validation_images(run.data_init_args())
+    images += sum(data.test_size * data.protocol_views[protocol] for protocol in run.protocols)
+    return macs_per_image * images
 
 
 def duration(seconds: float) -> str:
@@ -227,18 +236,25 @@ def describe(run: Run, command: str, world_size: int, rate: float) -> tuple[str,
     model = run.setting("model.model")
     steps, batch = run.setting("trainer.max_steps"), run.setting("data.init_args.batch_size")
     side = image_side(lambda name: run.setting(f"data.init_args.{name}"), get_spec(model).input_size)
-    flops = 3 * count_macs(net, side) * batch * steps
+    macs = count_macs(net, side)
+    flops = 3 * macs * batch * steps
     switches = [f"{key} {json.dumps(run.settings[key])} (recipe: {json.dumps(run.recipe_setting(key))})"
                 for key in FIDELITY_SWITCHES if key in run.settings and run.settings[key] != run.recipe_setting(key)]
     bn, shrunk = bn_groups(run.setting("model.bn_group_size"), batch, world_size)
     budget = run.settings.get("budget")
     schedule = (f"  budget {budget} of the paper's schedule: " + ", ".join(
         f"{key} {json.dumps(run.settings[key])}" for key in SCHEDULE_KEYS if key in run.settings) + "\n") if budget else ""
-    seconds = flops / (rate * world_size)
+    evaluation = evaluation_flops(run, macs)
+    seconds = (flops + evaluation) / (rate * world_size)
+    share = evaluation / (flops + evaluation)
+    costs = f"training {duration(flops / (rate * world_size))}, evaluation {duration(evaluation / (rate * world_size))}"
+    mostly = (f"  warning: it would spend {share:.0%} of its time evaluating: a longer trainer.val_check_interval "
+              f"(or a larger --budget) makes it mostly train\n" if share > 0.5 else "")
     precision = run.setting("trainer.precision") or "32-true"  # Lightning's default
     settings = "; ".join([f"trainer.precision {precision}",
                           *(f"{key} {json.dumps(run.setting(key))}" for key in FIDELITY_SWITCHES)])
     return (f"{run.name}: {model}, {steps:,} iterations of {batch}, {count_params(net):,} params, "
-            f"{flops:.3g} training FLOPs, about {duration(seconds)} on {world_size} device(s) here\n"
-            f"  recipe settings that move its number: {settings}\n" + schedule + (f"  switches: {'; '.join(switches)}\n" if switches else "")
+            f"{flops:.3g} training FLOPs, about {duration(seconds)} on {world_size} device(s) here ({costs})\n"
+            + mostly + f"  recipe settings that move its number: {settings}\n" + schedule
+            + (f"  switches: {'; '.join(switches)}\n" if switches else "")
             + f"  {'warning: ' if shrunk else ''}{bn}\n  {command}"), seconds
