@@ -443,17 +443,20 @@ class RunSummary(L.Callback):
         self.config_change = config_change  # {"step": ..., "changed": {key: [old, new]}} accepted on resume
         self.git_revision = git_revision()
         self.started = time.monotonic()
-        self.images_trained = 0  # by all ranks, in this session's training iterations
-        self.first_batch_at = self.last_batch_at = None
+        # training rate: the images and seconds of this session's iterations, but those during which a validation or
+        # a checkpoint ran (by all ranks; a checkpoint is written after our end-of-batch hook, a validation after it)
+        self.images_timed, self.seconds_timed = 0, 0.0
+        self.batch_started_at = self.batch_ended_at = None
+        self.paused = False
         self.written_at = time.monotonic()
 
     def throughput(self) -> dict:
-        """train_images_per_s: the images of this session's iterations over the time from the start of its first to
-        the end of its last (validation and checkpoints in between included, set-up not); none before an
-        iteration has ended."""
-        if not self.images_trained or self.last_batch_at == self.first_batch_at:
+        """train_images_per_s: the images of this session's iterations over their time, each iteration timed from the
+        end of the one before (its first from its start), those during which a validation or a checkpoint ran left
+        out: the rate of training alone; none before an iteration has been timed."""
+        if not self.seconds_timed:
             return {}
-        return {"train_images_per_s": round(self.images_trained / (self.last_batch_at - self.first_batch_at), 1)}
+        return {"train_images_per_s": round(self.images_timed / self.seconds_timed, 1)}
 
     def update(self, trainer: L.Trainer, fields: dict, drop: tuple[str, ...] = ()) -> None:
         if not trainer.is_global_zero:
@@ -464,6 +467,8 @@ class RunSummary(L.Callback):
         self.written_at = time.monotonic()
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:
+        if not trainer.is_global_zero:
+            return
         device = trainer.strategy.root_device
         self.update(trainer, {
             "status": status,
@@ -493,21 +498,28 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, "running", **accepted)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.first_batch_at is None:
-            self.first_batch_at = time.monotonic()
+        if self.batch_ended_at is None:
+            self.batch_started_at = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images_trained += len(batch[1]) * trainer.world_size  # each rank's share of the global batch
-        self.last_batch_at = time.monotonic()
+        now = time.monotonic()
+        if not self.paused:
+            self.seconds_timed += now - (self.batch_ended_at or self.batch_started_at)
+            self.images_timed += len(batch[1]) * trainer.world_size  # each rank's share of the global batch
+        self.batch_ended_at, self.paused = now, False
         # rank 0's clock alone decides (only rank 0 writes it, and no rank waits for another)
-        if trainer.is_global_zero and self.last_batch_at - self.written_at >= PROGRESS_EVERY_S:
+        if trainer.is_global_zero and now - self.written_at >= PROGRESS_EVERY_S:
             self.write(trainer, pl_module, "running")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.paused = True
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":
             self.write(trainer, pl_module, "running")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.paused = True
         self.write(trainer, pl_module, "running")
 
     def on_fit_end(self, trainer, pl_module) -> None:

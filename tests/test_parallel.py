@@ -231,6 +231,28 @@ def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path
     assert 32 / state["wall_time_s"] < state["train_images_per_s"] <= 32
 
 
+def test_the_training_rate_leaves_out_the_iterations_of_validations_and_checkpoints(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from resnet_repro import train
+
+    summary_ = train.RunSummary(tmp_path, "resnet-repro fit")
+    clock = iter([0.0, 1.0, 2.0, 12.0, 13.0, 33.0, 34.0])  # the first iteration's start, then each one's end
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    trainer = SimpleNamespace(world_size=2, is_global_zero=False)
+    batch = (None, torch.zeros(8))  # each rank's 8 of 16 images
+    summary_.on_train_batch_start(trainer, None, batch, 0)
+    for step in range(1, 7):
+        if step > 1:
+            summary_.on_train_batch_start(trainer, None, batch, step)
+        summary_.on_train_batch_end(trainer, None, None, batch, step)
+        if step == 2:
+            summary_.on_validation_start(trainer, None)  # iteration 3 (10 s) is left out
+        if step == 4:
+            summary_.on_save_checkpoint(trainer, None, {})  # iteration 5 (20 s) too
+    assert summary_.throughput() == {"train_images_per_s": 16.0}  # 4 iterations of 16 images in 4 s
+
+
 def test_the_live_view_sees_a_fits_iteration_long_before_its_first_rows_reach_metrics_csv(tmp_path, monkeypatch):
     from conftest import fit
     from resnet_repro import train
