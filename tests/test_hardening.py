@@ -461,7 +461,8 @@ def test_the_latest_evaluation_wins_and_the_summary_stays_whole(tmp_path):
         main(main_test)
         errors.append(summary(run)["test/single_view/error"])
     rows = read_metrics(run).query("metric == 'test/single_view/error'")
-    assert rows.step.tolist() == [4] and rows.value.tolist() == [errors[1]]  # the last evaluation of step 4
+    # the last evaluation of step 4 (read_metrics gives percent, summary.json fractions)
+    assert rows.step.tolist() == [4] and rows.value.tolist() == [100 * errors[1]]
     assert errors[0] != errors[1]  # other test images: the two evaluations differ, and the second one is kept
     now = summary(run)
     assert {k: now[k] for k in fitted} == fitted  # status, steps, val/ and test/ errors of the fit are kept
