@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -221,7 +223,30 @@ def compute_only(model: str, device: torch.device, batch_size: int, warm_up: War
     for _ in range(steps):
         train_step(module, optimizer, images, labels, autocast)
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start), warm_up.note(), saved
+    rate = steps * batch_size / (time.perf_counter() - start)
+    busy = device_busy(lambda: train_step(module, optimizer, images, labels, autocast), device)
+    return rate, warm_up.note(), saved, busy
+
+
+def device_busy(step, device: torch.device, steps: int = 3) -> tuple[int, float, float]:
+    """(kernels per step, milliseconds per step the device spends in them, milliseconds per step) of `step`, from a
+    profiler pass: on a GPU its CUDA kernels, on a CPU the ATen operations the host runs (there the host is the
+    device). The step's own time is the profiled one, so that the busy share is of the same steps."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        kernels = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
+        busy_us = sum(event.device_time for event in kernels)
+    else:  # the outermost ATen calls, each counted once with the time under it
+        kernels = [event for event in profiler.events() if event.name.startswith("aten::") and not (
+            event.cpu_parent and event.cpu_parent.name.startswith("aten::"))]
+        busy_us = sum(event.cpu_time_total for event in kernels)
+    return round(len(kernels) / steps), busy_us / 1000 / steps, 1000 * seconds / steps
 
 
 def train_step(net, optimizer, images, labels, autocast=contextlib.nullcontext()) -> None:
@@ -312,12 +337,18 @@ def bench_command(argv: list[str]) -> None:
         return args.batch_size, WarmUp(args.warmup, args.warmup_limit, device), args.steps
 
     switches = (args.precision, args.compile_mode, args.bn_group_size)
-    ops, host_ms = launches_per_step(args.model, args.device, args.batch_size, *switches)
-    print(f"{'step':>10}: {ops:8,.0f} ops per step (ATen calls but views and allocations; each a kernel launch on a "
-          f"GPU), {host_ms:,.1f} ms of host time per step on 1x1 images")
+    if args.compile_mode is None:
+        ops, host_ms = launches_per_step(args.model, args.device, args.batch_size, *switches)
+        print(f"{'step':>10}: {ops:8,.0f} ops per step (ATen calls but views and allocations; each a kernel launch "
+              f"on a GPU), {host_ms:,.1f} ms of host time per step on 1x1 images")
+    else:  # a compiled step runs generated kernels, not ATen calls; six more fits would each compile anew
+        print(f"{'step':>10}: not counted when compiled (the profiler line below counts its kernels)")
     show("fit", *fit_path(args.model, args.device, *common(), *switches))
-    rate, warm_up, saved = compute_only(args.model, device, *common(), *switches)
+    rate, warm_up, saved, (kernels, busy_ms, step_ms) = compute_only(args.model, device, *common(), *switches)
     show("compute", rate, warm_up, f"   autograd keeps {saved / 2**20:,.0f} MiB for one step's backward")
+    what = "CUDA kernels" if device.type == "cuda" else "ATen calls"
+    print(f"{'profile':>10}: {kernels:8,} {what} per compute step, {busy_ms:,.1f} ms busy of its {step_ms:,.1f} ms "
+          f"under the profiler ({busy_ms / step_ms:.0%}{': launch-bound' if busy_ms < step_ms / 2 else ''})")
     show("dataloader", *dataloader_loop(args.model, device, *common(), args.workers))
     print(f"fit / dataloader = {figures['fit'] / figures['dataloader']:.2f}x   "
           f"fit / compute = {figures['fit'] / figures['compute']:.2f}x")

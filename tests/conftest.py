@@ -16,8 +16,9 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 # The longest files first (their seconds on 2 cores): make test's workers take whole files in this order
 # (--dist loadfile --no-loadscope-reorder), so that no worker starts a long file while the other is nearly done.
-LONGEST_FIRST = ["test_training.py", "test_hardening.py", "test_smoke.py", "test_ranks.py", "test_gpu_check.py",
-                 "test_experiments.py", "test_parallel.py", "test_speed.py"]
+LONGEST_FIRST = ["test_training.py", "test_hardening.py", "test_gpu_check_compiled.py", "test_gpu_check_eager.py",
+                 "test_smoke.py", "test_ranks.py", "test_hostile.py", "test_experiments.py", "test_parallel.py",
+                 "test_speed.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

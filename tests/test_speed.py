@@ -145,6 +145,11 @@ def test_bench_prints_the_three_figures_their_ratios_and_the_projection(capsys):
     step = re.search(r"step: +([\d,]+) ops per step \(ATen calls but views and allocations; each a kernel launch on a GPU\), "
                      r"([\d,.]+) ms of host time per step on 1x1 images", out)
     assert step and float(step[2].replace(",", "")) > 0, out
+    # the profiler pass: on a CPU the outermost ATen calls of a compute step, their time within the step's own
+    profile = re.search(r"profile: +([\d,]+) ATen calls per compute step, ([\d,.]+) ms busy of its ([\d,.]+) ms "
+                        r"under the profiler \((\d+)%", out)
+    kernels, busy, wall = (float(profile[i].replace(",", "")) for i in (1, 2, 3))
+    assert kernels > 100 and 0 < busy <= wall, out
     kept = float(re.search(r"autograd keeps ([\d,]+) MiB", out)[1].replace(",", ""))
     assert kept > 0
     minutes = float(re.search(r"64k iterations of 32 at the fit rate: ([\d,.]+) min", out)[1].replace(",", ""))
