@@ -8,10 +8,14 @@ export WANDB_MODE ?= offline
 .PHONY: demo test setup
 setup: $(VENV)/.installed
 
+# pip install into the venv $(1), quietly (the filter hides a warning this build machine's pip config prints for
+# every package)
+pip_install = $(1)/bin/python -m pip install --quiet $(2) 2>&1 | { grep -v "^WARNING: Location" || true; }; \
+    exit $${PIPESTATUS[0]}
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# (the filter hides a warning this build machine's pip config prints for every package)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
+	$(call pip_install,$(VENV),-e '.[dev]')
 	touch $@
 
 # The embedded offline default: plain-20/56 and ResNet-20/56, three seeds each, trained on scikit-learn's digits,
@@ -48,6 +52,31 @@ TEST_WORKERS := $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 TEST_SPLIT := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
 	OMP_NUM_THREADS=$$(( $$(nproc) / $(TEST_WORKERS) )) $(BIN)/python -m pytest -q $(TEST_SPLIT)
+
+# The floors in pyproject.toml are the versions tested: test-lowest installs each dependency at its floor into
+# .venv-lowest (the lowest versions the ranges allow; what they pull in at its newest) and runs the quick part of
+# the suite that fits, resumes after a kill, evaluates, logs to W&B, parses experiment files and reports.
+LOWEST := .venv-lowest
+QUICK_TESTS := tests/test_dependencies.py tests/test_module.py tests/test_report.py tests/test_layout.py \
+    tests/test_training.py::test_fit_end_to_end_on_data_in_the_cifar10_format \
+    'tests/test_training.py::test_resume_after_a_sigkill_ends_with_the_same_weights[digits-1-None]' \
+    tests/test_training.py::test_offline_wandb_run_holds_name_group_config_and_metrics \
+    tests/test_training.py::test_unknown_config_key \
+    tests/test_hardening.py::test_a_changed_setting_resumes_only_when_accepted_and_is_recorded \
+    tests/test_hardening.py::test_the_latest_evaluation_wins_and_the_summary_stays_whole \
+    tests/test_experiments.py::test_a_malformed_experiment_is_rejected_in_one_line_before_anything_starts \
+    tests/test_experiments.py::test_table6_expands_into_named_runs
+.PHONY: test-lowest
+$(LOWEST)/.installed: pyproject.toml
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(call pip_install,$(LOWEST),packaging)
+	$(LOWEST)/bin/python -c 'from resnet_repro.dependencies import lowest_pins; print(*lowest_pins("dev"), sep="\n")' \
+	    > $(LOWEST)/lowest.txt
+	$(call pip_install,$(LOWEST),-r $(LOWEST)/lowest.txt)
+	$(call pip_install,$(LOWEST),--no-deps -e .)
+	touch $@
+test-lowest: $(LOWEST)/.installed
+	OMP_NUM_THREADS=1 $(LOWEST)/bin/python -m pytest -q $(QUICK_TESTS)
 
 # Fashion-MNIST's idx files in data/FashionMNIST/raw (where the data module looks first), from Debian's
 # dataset-fashion-mnist: its installed files, else its .deb fetched with `apt-get download` and unpacked here

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from .dependencies import unmet_requirement
 from .errors import run_command
 
 # command -> where its function lives, imported only when that command runs: no command pays for the imports of
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         sys.exit(f"resnet-repro: unknown command {command!r}: valid commands are {', '.join(COMMANDS)}")
+    if unmet := unmet_requirement():
+        sys.exit(unmet)
     module, function = COMMANDS[command].split(":")
     run_command(command, getattr(importlib.import_module(module), function),
                 [command, *rest] if command in LIGHTNING_COMMANDS else rest)

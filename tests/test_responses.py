@@ -20,14 +20,15 @@ DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 
 
 def test_responses_match_a_hand_computation():
-    # one residual block on 2 channels: conv1 and conv2 copy their input (centre tap 1), the BNs (eps 0,
-    # running mean 0, var 1) scale by 2 and 3, so bn1 = 2x and bn2 = 3 relu(2x).
+    # one residual block on 2 channels: conv1 and conv2 copy their input (centre tap 1), the BNs (eps 1e-12, below
+    # float32's resolution of 1, running mean 0, var 1) scale by 2 and 3, so bn1 = 2x and bn2 = 3 relu(2x). (torch
+    # 2.11 refuses an eps of 0.)
     block = BasicBlock(2, 2, stride=1, residual=True, shortcut="A")
     for conv in (block.conv1, block.conv2):
         nn.init.zeros_(conv.weight)
         conv.weight.data[[0, 1], [0, 1], 1, 1] = 1.0
     for bn, scale in ((block.bn1, 2.0), (block.bn2, 3.0)):
-        bn.eps = 0.0
+        bn.eps = 1e-12
         nn.init.constant_(bn.weight, scale)
     x = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]], [[0.0, 4.0], [-2.0, 2.0]]]])  # 1 x 2 x 2 x 2
     table = layer_responses(nn.Sequential(block), [x], pool="channel")

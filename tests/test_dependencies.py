@@ -1,0 +1,58 @@
+"""The declared dependency floors: each one pinned by `make test-lowest`."""
+
+import importlib.metadata
+
+import pytest
+
+from resnet_repro import dependencies
+from resnet_repro.cli import main
+from resnet_repro.dependencies import declared_requirements, lowest_pins
+
+
+def test_every_requirement_has_a_floor_and_test_lowest_pins_each_at_it():
+    pins = lowest_pins("dev")
+    assert len(pins) == len(declared_requirements("dev")) > len(declared_requirements())
+    assert "lightning==2.6" in pins and "jsonargparse[signatures]==4.51" in pins and "pytest==8" in pins
+
+
+def test_an_installed_wheel_reads_its_own_metadata_without_its_extras(monkeypatch, tmp_path):
+    monkeypatch.setattr(dependencies, "PYPROJECT", tmp_path / "pyproject.toml")  # a wheel's site-packages has none
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: {"resnet-repro": [
+        "lightning<3,>=2.6", "pytest<10,>=8; extra == \"dev\""]}[name])
+    assert [str(r) for r in declared_requirements()] == ["lightning<3,>=2.6"]
+    assert lowest_pins("dev") == ["lightning==2.6", "pytest==8"]
+
+
+@pytest.mark.parametrize("installed, line", [
+    ({"lightning": "2.5.5"}, "resnet-repro needs lightning >=2.6, <3, and 2.5.5 is installed: "
+                             "pip install 'lightning<3,>=2.6'"),
+    ({"torch": "3.0.0"}, "resnet-repro needs torch >=2.11, <3, and 3.0.0 is installed: pip install 'torch<3,>=2.11'"),
+    ({"jsonargparse": "4.27.7"}, "resnet-repro needs jsonargparse >=4.51, <5, and 4.27.7 is installed: "
+                                 "pip install 'jsonargparse[signatures]<5,>=4.51'"),
+])
+def test_a_version_outside_a_declared_range_ends_a_command_in_one_line_before_it_starts(monkeypatch, installed, line):
+    real = importlib.metadata.version
+
+    def version(name):
+        return installed.get(name) or real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(SystemExit) as exit_:
+        main(["models"])
+    assert exit_.value.code == line
+
+
+def test_a_missing_wandb_is_left_to_the_run_which_logs_to_csv_only(monkeypatch):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "wandb":  # as on a machine without W&B
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert dependencies.unmet_requirement() is None
+
+
+def test_this_environment_meets_every_declared_range():
+    assert dependencies.unmet_requirement() is None
