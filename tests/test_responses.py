@@ -1,5 +1,7 @@
 """Layer responses (Figure 7) and the analysis notebooks."""
 
+import json
+import shutil
 
 import nbformat
 import pandas as pd
@@ -109,6 +111,19 @@ def test_responses_command_writes_csv_figure_and_findings(tiny_runs, tmp_path, c
     table = pd.read_csv(out / "responses.csv")
     assert table.groupby("label").size().to_dict() == {"plain20-s0": 19, "resnet20-s0": 19, "resnet32-s0": 31}
     assert (table[table.label == "plain20-s0"].sort_values("sorted_rank")["std"].diff().dropna() <= 0).all()
+
+
+def test_a_folder_of_runs_gives_its_finished_runs_and_names_the_others(tiny_runs, tmp_path, capsys):
+    runs = tmp_path / "tiny"
+    shutil.copytree(tiny_runs, runs)
+    summary = runs / "resnet32-s0" / "summary.json"  # stopped halfway: its checkpoint is not the study's net
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
+    out = tmp_path / "responses"
+    main(["responses", str(runs), "--images", "16", "--out", str(out)])
+    assert "responses: left out the unfinished runs resnet32-s0 (interrupted)" in capsys.readouterr().err
+    assert set(pd.read_csv(out / "responses.csv").label) == {"plain20-s0", "resnet20-s0"}
+    main(["responses", str(runs / "resnet32-s0"), str(runs / "plain20-s0"), "--images", "16", "--out", str(out)])
+    assert set(pd.read_csv(out / "responses.csv").label) == {"plain20-s0", "resnet32-s0"}  # named: measured
 
 
 @pytest.mark.parametrize("notebook", ["layer_responses.ipynb", "degradation_curves.ipynb"])

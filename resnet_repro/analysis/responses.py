@@ -9,6 +9,7 @@ channels (the typical response of one filter); `pool="all"` takes one std over e
 
 import inspect
 import shlex
+import sys
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -25,7 +26,7 @@ from ..hooks import hooked
 from ..models import BasicBlock, Bottleneck, get_spec
 from ..options import OptionParser, count
 from ..report.figures import LINE_STYLES, net_colours, seeds_text
-from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_checkpoint, run_dirs
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_checkpoint, read_summary, run_dirs
 from ..stats import BOOTSTRAP_SAMPLES, interval, resampled_seeds, verdict
 # Where this machine reads and writes a dataset and whether it downloads one: the user's to choose (--data),
 # never a run folder's, which may come from elsewhere
@@ -215,9 +216,10 @@ def load_run(checkpoint: Path, data_config: Path | None = None):
 
 
 def find_checkpoints(paths: list[Path]) -> list[Path]:
-    """Checkpoints from what a user names: checkpoint files, run directories, or experiment folders (every run
-    in them with a checkpoint, including runs an experiment takes from another)."""
-    found = []
+    """Checkpoints from what a user names: checkpoint files, run directories, or experiment folders (every finished
+    run in them with a checkpoint, including runs an experiment takes from another; the unfinished ones are named
+    on stderr, as a figure of a net halfway through its schedule is not the study's: name its run to measure it)."""
+    found, unfinished = [], []
     for path in map(Path, paths):
         if path.is_file():
             found.append(path)
@@ -225,9 +227,16 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
             check_no_links(path)
             found.append(last_checkpoint(path))
         elif path.is_dir():
-            found += [last_checkpoint(run) for run in run_dirs(path) if last_checkpoint(run).is_file()]
+            for run in run_dirs(path):
+                status = read_summary(run).get("status")
+                if status == "finished" and last_checkpoint(run).is_file():
+                    found.append(last_checkpoint(run))
+                elif status is not None and status != "finished":
+                    unfinished.append(f"{run.name} ({status})")
         else:
             raise FileNotFoundError(f"{path} does not exist: pass checkpoints, run directories or runs/<experiment>")
+    if unfinished:
+        print(f"responses: left out the unfinished runs {', '.join(unfinished)}", file=sys.stderr)
     return found
 
 
