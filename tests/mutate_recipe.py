@@ -98,10 +98,11 @@ MUTANTS = [
     # --- the optimiser ------------------------------------------------------------------------------------------
     Mutant(MODULE, "lr=self.hparams.lr, momentum=self.hparams.momentum,",
            "lr=self.hparams.lr, momentum=self.hparams.lr,", "momentum 0.9 (the lr's value)", SGD),
-    Mutant(MODULE, "weight_decay=self.hparams.weight_decay)", "weight_decay=5e-4)",
+    Mutant(MODULE, "weight_decay=self.hparams.weight_decay, foreach=True)", "weight_decay=5e-4, foreach=True)",
            "weight decay 1e-4 (5e-4, other recipes' value)", SGD),
-    Mutant(MODULE, "weight_decay=self.hparams.weight_decay)",
-           "weight_decay=self.hparams.weight_decay, nesterov=True)", "momentum SGD, not Nesterov's", SGD),
+    Mutant(MODULE, "weight_decay=self.hparams.weight_decay, foreach=True)",
+           "weight_decay=self.hparams.weight_decay, foreach=True, nesterov=True)", "momentum SGD, not Nesterov's",
+           SGD),
     Mutant(MODULE, "SGD_FORMS[self.hparams.sgd_form](self.parameters(), ",
            'SGD_FORMS[self.hparams.sgd_form]([{"params": [p for p in self.parameters() if p.ndim > 1]}, {"params": '
            '[p for p in self.parameters() if p.ndim == 1], "weight_decay": 0.0}], ',
