@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from resnet_repro.data.fashion_mnist import write_standin
 
 from conftest import REPO
@@ -34,8 +36,8 @@ def rehearse(call: str, tmp_path: Path) -> tuple[Path, list[str], subprocess.Com
     assert steps and all(line.startswith("ok ") for line in steps), log
 
     recipe = tmp_path / "data.yaml"  # responses reads the stand-in images only where the user says
-    recipe.write_text(f"data:\n  class_path: resnet_repro.data.FashionMNISTDataModule\n  init_args: "
-                      f"{{data_dir: '{tmp_path / 'data'}', download: false, val_size: 40}}\n")
+    recipe.write_text(yaml.safe_dump({"data": {"class_path": "resnet_repro.data.FashionMNISTDataModule", "init_args": {
+        "data_dir": str(tmp_path / "data"), "download": False, "val_size": 40}}}))
     collected = subprocess.run(["bash", str(SCRIPT), "collect", str(out)], capture_output=True, text=True,
                                env={**env, "RESPONSES_DATA": str(recipe)}, timeout=600)
     assert collected.returncode == 0, collected.stdout + collected.stderr

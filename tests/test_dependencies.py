@@ -23,6 +23,20 @@ def test_an_installed_wheel_reads_its_own_metadata_without_its_extras(monkeypatc
     assert lowest_pins("dev") == ["lightning==2.6", "pytest==8"]
 
 
+def pretend_installed(monkeypatch, installed: dict[str, str | None]) -> None:
+    """importlib.metadata.version as in an environment with these versions (None: not installed), the rest real."""
+    real = importlib.metadata.version
+
+    def version(name):
+        if name not in installed:
+            return real(name)
+        if installed[name] is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+
+
 @pytest.mark.parametrize("installed, line", [
     ({"lightning": "2.5.5"}, "resnet-repro needs lightning >=2.6, <3, and 2.5.5 is installed: "
                              "pip install 'lightning<3,>=2.6'"),
@@ -31,26 +45,14 @@ def test_an_installed_wheel_reads_its_own_metadata_without_its_extras(monkeypatc
                                  "pip install 'jsonargparse[signatures]<5,>=4.51'"),
 ])
 def test_a_version_outside_a_declared_range_ends_a_command_in_one_line_before_it_starts(monkeypatch, installed, line):
-    real = importlib.metadata.version
-
-    def version(name):
-        return installed.get(name) or real(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
+    pretend_installed(monkeypatch, installed)
     with pytest.raises(SystemExit) as exit_:
         main(["models"])
     assert exit_.value.code == line
 
 
 def test_a_missing_wandb_is_left_to_the_run_which_logs_to_csv_only(monkeypatch):
-    real = importlib.metadata.version
-
-    def version(name):
-        if name == "wandb":  # as on a machine without W&B
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
+    pretend_installed(monkeypatch, {"wandb": None})  # as on a machine without W&B
     assert dependencies.unmet_requirement() is None
 
 
