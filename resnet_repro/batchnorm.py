@@ -24,9 +24,10 @@ from .hooks import hooked
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training batch is normalised in groups of `group_size` images.
 
-    A batch of at most `group_size` images is one group (plain BN). The running statistics are updated once
-    per batch, by the usual momentum, towards the mean of the groups' statistics; under DDP each rank keeps its
-    own and DDP's `broadcast_buffers` hands rank 0's to the others, as with plain BN. Evaluation uses the running statistics, as always.
+    A batch of at most `group_size` images is one group (plain BN). The running statistics move, by the usual
+    momentum, with the first group's statistics only: on G GPUs DDP's `broadcast_buffers` hands rank 0's running
+    statistics to the others at every step, so rank 0's share is the one whose statistics a multi-GPU run keeps.
+    Evaluation uses the running statistics, as always.
     """
 
     def __init__(self, num_features: int, group_size: int, **kwargs):
@@ -52,19 +53,11 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if len(x) % self.group_size:
             raise ValueError(f"a batch of {len(x)} images per rank does not split into BN groups of "
                              f"{self.group_size} (model.bn_group_size): make the per-rank batch a multiple of it")
-        # each group through BN as a batch of its own (one fused kernel each, as on its own GPU), its running
-        # statistics moved from a copy of the current ones; their mean is one momentum step towards the mean of
-        # the groups' statistics, since the step is linear in them
-        outputs, running = [], []
-        for group in x.split(self.group_size):
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-            outputs.append(F.batch_norm(group, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
-            running.append(torch.stack([mean, var]))
-        with torch.no_grad():
-            mean, var = torch.stack(running).mean(0)
-            self.running_mean.copy_(mean)
-            self.running_var.copy_(var)
-            self.num_batches_tracked += 1
+        # each group through BN as a batch of its own, as on its own GPU; only the first (rank 0's) updates the
+        # running statistics, so a step costs one BN call per group and no copies of the statistics
+        first, *others = x.split(self.group_size)
+        outputs = [super().forward(first)]
+        outputs += [F.batch_norm(group, None, None, self.weight, self.bias, True, 0.0, self.eps) for group in others]
         return torch.cat(outputs)
 
 

@@ -175,7 +175,10 @@ def test_a_step_launches_what_the_net_needs_and_little_more():
     plain, groups = (launches_per_step("resnet20", "cpu", 32, "32-true", None, group) for group in (None, 16))
     # ResNet-20's 20 weighted layers, each with its BN and ReLU, forward and backward, and the step around them:
     # about 10 launches per layer (with an SGD update per parameter it was 23: 204 + 4 x 65)
-    assert plain[0] <= 12 * 20 and groups[0] > plain[0]
+    # two BN groups cost, per BN layer, a second BN call forward and backward, the concatenation of the groups and
+    # its backward, and the sum of the groups' weight and bias gradients: 6 more (copying the running statistics
+    # for every group and averaging them, it was 16)
+    assert plain[0] <= 12 * 20 and plain[0] < groups[0] <= plain[0] + 6 * 19
 
 
 def test_bench_refuses_zero_steps():
