@@ -69,8 +69,10 @@ run() {
         parallel_net=resnet20 parallel_budget=1/16000 ks=(2) sharing=() depth_budget=1/32000
         depth_runs=(plain20-s0 resnet20-s0)
         seconds=${GPU_CHECK_SECONDS:-900} limits=false  # a busy 2-core machine: only the deadline cuts a step
-        # the stand-in data's few images: a validation split that fits, and the depth study's shape on two nets
-        fit_settings=(--data.init_args.val_size 40) data+=", data.init_args.val_size: 40" depth=depth.yaml
+        # the stand-in data's few images: a validation split that fits, batches of the benches' size (bf16 on a
+        # CPU is slow), and the depth study's shape on two nets
+        fit_settings=(--data.init_args.val_size 40 --data.init_args.batch_size "$batch") depth=depth.yaml
+        data+=", data.init_args.val_size: 40, data.init_args.batch_size: $batch"
         cat >depth.yaml <<EOF
 recipe: experiments/cifar10/base.yaml
 evaluate: [single_view]
