@@ -16,7 +16,7 @@ import signal
 import sys
 
 from .dependencies import unmet_requirement
-from .errors import run_command
+from .errors import run_as_command
 
 # command -> where its function lives, imported only when that command runs: no command pays for the imports of
 # another (`report` loads neither torch nor Lightning)
@@ -25,7 +25,7 @@ COMMANDS = {
     "validate": "resnet_repro.train:lightning_command",
     "test": "resnet_repro.train:lightning_command",
     "models": "resnet_repro.analysis.complexity:models_command",
-    "run": "resnet_repro.launch.command:run_command",
+    "run": "resnet_repro.launch.command:run_experiment",
     "report": "resnet_repro.report.write:report_command",
     "responses": "resnet_repro.analysis.responses:responses_command",
     "bench": "resnet_repro.bench:bench_command",
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if unmet := unmet_requirement():
         sys.exit(unmet)
     module, function = COMMANDS[command].split(":")
-    run_command(command, getattr(importlib.import_module(module), function),
+    run_as_command(command, getattr(importlib.import_module(module), function),
                 [command, *rest] if command in LIGHTNING_COMMANDS else rest)
 
 

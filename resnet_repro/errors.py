@@ -26,7 +26,7 @@ def innermost(message: str) -> str:
     return f"{nested[1]}.init_args.{nested[2]}: {nested[3]}" if nested[2] else f"{nested[1]}: {nested[3]}"
 
 
-def run_command(command: str, function: Callable[[list[str]], None], argv: list[str]) -> None:
+def run_as_command(command: str, function: Callable[[list[str]], None], argv: list[str]) -> None:
     """`function(argv)` as the command `resnet-repro COMMAND`: a known failure exits with its one line."""
     try:
         function(argv)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentError
 
-from .data import check_protocols as check_protocols_of, data_module_class
+from .data import check_protocols, data_module_class
 from .files import read_yaml
 from .models.size import meta_model
 from .train import check_config
@@ -109,7 +109,8 @@ def experiment_name(path: Path, budget: Fraction) -> str:
                          f"file, or give a shorter budget") from None
 
 
-def load_yaml(path: Path, what: str) -> dict:
+def read_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (an experiment file, a recipe), refused in one line otherwise."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a mapping of keys to values")
@@ -202,7 +203,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
     and run. With `only`, only the runs of those names are checked against the recipe (the others are named);
     without it, a file of more than MAX_RUNS runs is refused before expanding it."""
     path = Path(path)
-    spec = load_yaml(path, "an experiment file")
+    spec = read_mapping(path, "an experiment file")
     unknown = sorted(set(spec) - TOP_LEVEL_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown key {', '.join(unknown)}: valid keys are {', '.join(sorted(TOP_LEVEL_KEYS))}")
@@ -216,7 +217,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
 
     protocols = spec.get("evaluate") or []
     experiment = Experiment(experiment_name(path, budget), recipe, protocols, [])
-    recipe_config = load_yaml(recipe, "a recipe")
+    recipe_config = read_mapping(recipe, "a recipe")
     grid = spec.get("grid") or {}
     default_seeds = spec.get("seeds", [0])
     def how_many(seeds) -> int:  # a malformed seeds entry is refused below
@@ -261,7 +262,7 @@ def load_experiment(path: Path, seen: frozenset = frozenset(), budget: Fraction 
                 raise ValueError(f"{path}: run {run.name}: {error}") from error
     for source in spec.get("runs_from") or []:
         experiment.runs += shared_runs(path, source, seen | {path.resolve()}, budget)
-    check_protocols(path, experiment)
+    check_experiment_protocols(path, experiment)
 
     names = collections.Counter((run.experiment, run.name) for run in experiment.runs)
     duplicates = sorted({name for (_, name), times in names.items() if times > 1})
@@ -290,10 +291,10 @@ def shared_runs(path: Path, source: dict, seen: set[Path], budget: Fraction) -> 
     return [run for run in runs if run.name in wanted]
 
 
-def check_protocols(path: Path, experiment: Experiment) -> None:
+def check_experiment_protocols(path: Path, experiment: Experiment) -> None:
     for run in experiment.runs:
         try:
-            check_protocols_of(data_module_class(run.setting("data.class_path")), experiment.protocols)
+            check_protocols(data_module_class(run.setting("data.class_path")), experiment.protocols)
         except ValueError as error:
             raise ValueError(f"{path}: run {run.name}: evaluate: {error}") from None
 

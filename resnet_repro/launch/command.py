@@ -92,7 +92,7 @@ def device_pool(args: argparse.Namespace) -> DevicePool:
     return DevicePool(gpus, args.runs_per_gpu or 1)
 
 
-def run_command(argv: list[str]) -> None:
+def run_experiment(argv: list[str]) -> None:
     args = parse_args(argv)
     experiment = load_experiment(args.experiment, budget=budget_fraction(args.budget),
                                  only=set(args.only) if args.only else None)

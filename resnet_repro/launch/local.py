@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import run_command
+from ..errors import run_as_command
 from ..rundir import read_summary, run_progress
 from ..train import lightning_command
 
@@ -288,7 +288,7 @@ def run_miniature(job: Job) -> bool:
         if command[0] == "fit":
             print(f"{job.name}: resnet-repro {shlex.join(command)}", flush=True)
         try:
-            run_command(command[0], lightning_command, command)
+            run_as_command(command[0], lightning_command, command)
         except SystemExit as stop:
             if stop.code not in (0, None):
                 print(stop.code, file=sys.stderr)
