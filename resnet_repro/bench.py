@@ -48,7 +48,7 @@ from .options import OptionParser, count
 class WarmUp:
     """Says when the timing may start: after at least `minimum` steps, once the last three took within 10% of each
     other, or after `limit` steps. A fixed count is not enough: oneDNN sets up its bf16 kernels over the first
-    steps, and a 3-step warm-up timed that set-up (ResNet-56 read 59 images/s against a steady 386)."""
+    steps, and a short fixed warm-up times that set-up instead of the steady rate."""
 
     def __init__(self, minimum: int, limit: int, device: torch.device):
         self.minimum, self.limit, self.device = minimum, limit, device

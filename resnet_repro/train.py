@@ -350,7 +350,7 @@ class RunCLI(LightningCLI):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Every checkpoint written beside its target and renamed over it (see write_atomically): Lightning's own
     writes to a temporary file wherever $TMPDIR is and, across filesystems, falls back to truncating the
-    checkpoint and copying into it, so that a full disk mid-copy lost the last good checkpoint."""
+    checkpoint and copying into it, where a full disk mid-copy would lose the last good checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)

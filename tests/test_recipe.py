@@ -1,5 +1,5 @@
-"""The paper's recipe, line by line (PAPER.md: the nets, the CIFAR-10 and ImageNet training recipes; DESIGN.md's
-conventions), each line asserted on the code path a real run takes: the nets `build_model` gives, what
+"""The paper's recipe, line by line (the paper's nets and its CIFAR-10 and ImageNet training recipes,
+docs/models-and-recipe.md, and the conventions of docs/run-directory.md), each line asserted on the code path a real run takes: the nets `build_model` gives, what
 `configure_optimizers` builds for each recipe as LightningCLI resolves it from experiments/*/base.yaml, what a
 training batch holds and what an evaluation feeds the net. The inputs are chosen so that a wrong implementation
 gives another answer: images that are not mirror-symmetric, mean images that are neither zero nor uniform, convs
@@ -447,8 +447,8 @@ def test_imagenet_test_views_centre_10_crop_and_multi_scale_at_their_sizes(image
             views.pop(match[0])
 
 
-# --- DESIGN.md: "Batch sizes in configs are global", "Schedules are in iterations (max_steps, milestones at steps)";
-# validation and checkpoints every val_check_interval and every_n_train_steps iterations ------------------------------
+# --- batch sizes in configs are global; schedules are in iterations (max_steps, milestones at steps); validation and
+# checkpoints every val_check_interval and every_n_train_steps iterations ---------------------------------------------
 
 class Recorder(Callback):
     def __init__(self):
