@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REPO, cli_error, summary
 from resnet_repro.cli import main
-from resnet_repro.train import check_config, flatten
+from resnet_repro.fit_config import flatten
+from resnet_repro.train import check_config
 from resnet_repro.experiments import SCHEDULE_KEYS, evaluation_interval, load_experiment
 from resnet_repro.module import ResNetClassifier
 

@@ -1,4 +1,5 @@
-"""The declared dependency floors: each one pinned by `make test-lowest`."""
+"""The declared dependency floors, each pinned by `make test-lowest`, and the private names of Lightning that
+the fit relies on."""
 
 import importlib.metadata
 
@@ -58,3 +59,17 @@ def test_a_missing_wandb_is_left_to_the_run_which_logs_to_csv_only(monkeypatch):
 
 def test_this_environment_meets_every_declared_range():
     assert dependencies.unmet_requirement() is None
+
+
+def test_the_lightning_internals_the_fit_relies_on_are_there_or_named_with_the_version(monkeypatch):
+    import lightning
+    from lightning.pytorch.cli import LightningCLI
+
+    from resnet_repro.lightning_internals import missing_internals
+
+    assert missing_internals() == []
+    # an upgrade that renames one: the line names Lightning's version, the name and what it was used for
+    monkeypatch.delattr(LightningCLI, "_parse_ckpt_path")
+    monkeypatch.setattr(lightning, "__version__", "9.0.0")
+    assert missing_internals() == ["lightning 9.0.0 has no LightningCLI._parse_ckpt_path() (used where train.RunCLI "
+                                   "checks a given checkpoint before LightningCLI reads the model's settings from it)"]

@@ -12,7 +12,8 @@ from conftest import REPO, fit
 from resnet_repro.batchnorm import GhostBatchNorm2d, precise_bn
 from resnet_repro.cli import main
 from resnet_repro.experiments import load_experiment
-from resnet_repro.train import FIDELITY_SWITCHES, build_cli
+from resnet_repro.fit_config import FIDELITY_SWITCHES
+from resnet_repro.train import build_cli
 from resnet_repro.module import CaffeSGD, ResNetClassifier
 from resnet_repro.rundir import last_checkpoint
 

@@ -235,11 +235,11 @@ def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path
 def test_the_training_rate_leaves_out_the_iterations_of_validations_and_checkpoints(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from resnet_repro import train
+    from resnet_repro import run_summary
 
-    summary_ = train.RunSummary(tmp_path, "resnet-repro fit")
+    summary_ = run_summary.RunSummary(tmp_path, "resnet-repro fit")
     clock = iter([0.0, 1.0, 2.0, 12.0, 13.0, 33.0, 34.0])  # the first iteration's start, then each one's end
-    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(run_summary.time, "monotonic", lambda: next(clock))
     trainer = SimpleNamespace(world_size=2, is_global_zero=False)
     batch = (None, torch.zeros(8))  # each rank's 8 of 16 images
     summary_.on_train_batch_start(trainer, None, batch, 0)
@@ -256,9 +256,9 @@ def test_the_training_rate_leaves_out_the_iterations_of_validations_and_checkpoi
 
 def test_the_live_view_sees_a_fits_iteration_long_before_its_first_rows_reach_metrics_csv(tmp_path, monkeypatch):
     from conftest import fit
-    from resnet_repro import train
+    from resnet_repro import run_summary
 
-    monkeypatch.setattr(train, "PROGRESS_EVERY_S", 0)  # summary.json renewed after every iteration (10 s in a real run)
+    monkeypatch.setattr(run_summary, "PROGRESS_EVERY_S", 0)  # summary.json renewed after every iteration (10 s in a real run)
     run = tmp_path / "exp" / "r"
     fit("--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(run), "--trainer.max_steps", "5",
         "--data.init_args.batch_size", "8", "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "100",

@@ -26,7 +26,7 @@ from ..models.size import count_macs, count_params
 from ..options import OptionParser, count
 from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_summary, write_manifest
 from ..tracking import newest_offline_records
-from ..train import FIDELITY_SWITCHES, budget_fraction
+from ..fit_config import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
 from .miniature import smoke_args
 from .scripts import LAUNCHERS, device_args, launch_command, write_scripts
