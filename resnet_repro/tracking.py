@@ -112,34 +112,3 @@ def finish_wandb(exit_code: int, summary: dict | None = None) -> None:
         wandb.run.summary.update(summary or {})
         wandb.run.finish(exit_code=exit_code)
         wandb.teardown()
-
-
-def collect_wandb(project: str, group: str) -> tuple:
-    """The report's (runs, evaluations, curves) frames from the W&B runs of one group (an experiment), through
-    W&B's public API: the run's resolved config (logged at its start), its state, and its full metric history."""
-    import pandas as pd  # here: a fit, which logs to W&B, never reads it back
-    import wandb
-
-    from .models.size import count_params, meta_model
-    from .report.collect import tabulate_runs, tidy_metrics
-
-    found = []
-    for run in wandb.Api().runs(project, filters={"group": group}):
-        config = run.config
-        model = config["model"]
-        history = pd.DataFrame(run.scan_history()).rename(columns={"trainer/global_step": "step"})
-        params = count_params(meta_model(model["model"], model.get("shortcut"), model["num_classes"]))
-        summary = {
-            "experiment": group, "model": model["model"],
-            **get_spec(model["model"]).columns(model.get("shortcut")),
-            "seed": config.get("seed_everything"), "data": config["data"]["class_path"].rsplit(".", 1)[-1],
-            "dataset": config.get("dataset"),
-            "params": params, "status": {"finished": "finished", "running": "running"}.get(run.state, "failed"),
-            "steps": run.summary.get("trainer/global_step"), "max_steps": config["trainer"]["max_steps"],
-            "budget": config.get("budget"),
-            "git_revision": None,
-        }
-        found.append((run.name, summary, tidy_metrics(history)))
-    if not found:
-        raise FileNotFoundError(f"no W&B runs in {project} with group {group}")
-    return tabulate_runs(found)

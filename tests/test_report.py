@@ -297,7 +297,7 @@ def test_the_same_table_from_wandb_runs(monkeypatch):
                     FakeWandbRun("resnet20-s1", 1, "crashed", [0.30])]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    from resnet_repro.tracking import collect_wandb
+    from resnet_repro.report.collect import collect_wandb
 
     runs, evaluated, curves = collect_wandb("me/resnet-repro", "cifar10-mini")
     assert asked == {"path": "me/resnet-repro", "filters": {"group": "cifar10-mini"}}

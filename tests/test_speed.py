@@ -12,7 +12,8 @@ from torch.overrides import TorchFunctionMode
 
 from conftest import REPO, cli_error, fit, summary, train_rows
 from resnet_repro import bench
-from resnet_repro.bench import WarmUp, saved_for_backward
+from resnet_repro.bench import saved_for_backward
+from resnet_repro.timing import WarmUp
 from resnet_repro.cli import main
 from resnet_repro.data import DigitsDataModule
 from resnet_repro.module import ResNetClassifier

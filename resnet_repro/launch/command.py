@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..batchnorm import bn_groups
-from ..bench import training_rate
 from ..data import data_module_class, image_side
 from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, shown
 from ..hardware import device_name
@@ -25,6 +24,7 @@ from ..models import get_spec
 from ..models.size import count_macs, count_params
 from ..options import OptionParser, count
 from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_summary, write_manifest
+from ..timing import training_rate
 from ..tracking import newest_offline_records
 from ..fit_config import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus

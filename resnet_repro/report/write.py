@@ -11,15 +11,13 @@ from ..files import staged
 from ..options import OptionParser
 from ..paper import PAPER_DATASETS, copied_dataset
 from ..rundir import read_manifest
-from .collect import budgets, collect_runs
+from .collect import budgets, collect_runs, collect_wandb
 from .figures import training_curves
 from .tables import error_table, findings, format_table
 
 
 def write_report(folders: list[Path], out: Path, command: str, wandb_project: str | None = None) -> str:
     if wandb_project:
-        from ..tracking import collect_wandb  # W&B and Lightning: only for a report read from W&B
-
         runs, evaluated, curves = collect_wandb(wandb_project, folders[0].name)
     else:
         runs, evaluated, curves = collect_runs(folders)
