@@ -13,7 +13,7 @@ import yaml
 
 from resnet_repro.data.fashion_mnist import write_standin
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
 

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pandas as pd
 import pytest
 
-from conftest import REPO, cli_error, summary
+from helpers import REPO, cli_error, summary
 from resnet_repro.cli import main
 from resnet_repro.fit_config import flatten
 from resnet_repro.train import check_config

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_error
+from helpers import cli_error
 from resnet_repro.data import cifar10_images
 from resnet_repro.data.cifar10_images import CACHE, CLASSES, CIFAR10ImagesDataModule, write_standin
 

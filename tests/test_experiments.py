@@ -8,16 +8,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_error, run_cli, summary
+from helpers import QUIET_SETTINGS, REPO, cli_error, run_cli, summary, tiny_run
 from resnet_repro.cli import main
 from resnet_repro.data import cifar10
 from resnet_repro.experiments import load_experiment
 from resnet_repro.launch import command as launch_command
 
 EXPERIMENT_FILES = sorted(path for path in (REPO / "experiments").rglob("*.yaml") if path.name != "base.yaml")
-TINY = {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
-        "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": False,
-        "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
+TINY = {**tiny_run(), "wandb": False, **QUIET_SETTINGS}
 
 
 def write_experiment(folder: Path, name: str = "tiny", **spec) -> Path:

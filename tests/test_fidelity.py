@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO, fit
+from helpers import DIGITS, REPO, fit
 
 from resnet_repro.batchnorm import GhostBatchNorm2d, precise_bn
 from resnet_repro.cli import main
@@ -17,7 +17,6 @@ from resnet_repro.train import build_cli
 from resnet_repro.module import CaffeSGD, ResNetClassifier
 from resnet_repro.rundir import last_checkpoint
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 
 
 def nets(group_size: int) -> tuple[ResNetClassifier, ResNetClassifier]:

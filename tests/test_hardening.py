@@ -21,12 +21,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, write_cifar10
+from helpers import DIGITS, QUIET, REPO, as_flags, cli_error, fit, run_cli, summary, tiny_run, write_cifar10
 from resnet_repro.report.collect import read_metrics
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
-TINY = ["--trainer.max_steps", "4", "--data.init_args.batch_size", "16", "--trainer.val_check_interval", "2",
-        "--trainer.log_every_n_steps", "2", "--checkpoint.every_n_train_steps", "2"]
+TINY = as_flags(tiny_run())
 HANG = 600  # seconds: a guard against a process that never ends, far beyond any step on a busy machine
 PLANTED = "planted-code-ran"
 

@@ -13,18 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import QUIET, REPO, cli_error, fit, run_cli, summary
+from helpers import DIGITS, QUIET, REPO, as_flags, cli_error, fit, run_cli, summary, tiny_run
 from resnet_repro.cli import main
 from resnet_repro.files import write_json_atomically
 from resnet_repro.launch.command import print_wandb_sync
 from resnet_repro.report.collect import collect_runs
 from resnet_repro.rundir import check_no_links
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
-TINY = ["--trainer.max_steps", "4", "--data.init_args.batch_size", "16", "--trainer.val_check_interval", "2",
-        "--trainer.log_every_n_steps", "2", "--checkpoint.every_n_train_steps", "2"]
-TINY_RUN = {"trainer.max_steps": 4, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
-            "checkpoint.every_n_train_steps": 2, "wandb": False, "trainer.enable_progress_bar": False}
+TINY = as_flags(tiny_run())
+TINY_RUN = {**tiny_run(), "wandb": False, "trainer.enable_progress_bar": False}
 # A folder name that runs a command wherever a shell reads it unquoted or in double quotes, with the characters that
 # end a quoted word or a line: `pwned` is a stand-in on PATH that records that it ran
 HOSTILE_NAME = "a b$(pwned)`pwned`\"'\nc"

@@ -157,7 +157,7 @@ def test_missing_folder_is_one_clear_line(data_dir, tmp_path, missing):
 
 
 def test_cudnn_benchmark_is_off_for_the_multi_scale_test_only(tmp_path):
-    from conftest import REPO
+    from helpers import REPO
     from resnet_repro.train import build_cli
 
     before = torch.backends.cudnn.benchmark  # a Trainer sets it for the whole process

@@ -16,15 +16,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_error, summary
+from helpers import QUIET_SETTINGS, REPO, cli_error, summary, tiny_run
 from resnet_repro.cli import main
 from resnet_repro.experiments import load_experiment
 from resnet_repro.report.collect import read_metrics
 from resnet_repro.launch.local import cpu_threads
 
-TINY = {"trainer.max_steps": 6, "data.init_args.batch_size": 8, "trainer.val_check_interval": 3,
-        "trainer.log_every_n_steps": 1, "checkpoint.every_n_train_steps": 2, "wandb": False,
-        "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
+TINY = {**tiny_run(steps=6, batch=8, every=3), "trainer.log_every_n_steps": 1, "checkpoint.every_n_train_steps": 2,
+        "wandb": False, **QUIET_SETTINGS}
 RUNS = ["plain20-s0", "resnet20-s0", "resnet20-B-s0"]
 WANDB = {"when": {"model.model": "plain20"}, "set": {"wandb": True}}  # one run logs to W&B (offline)
 KILL = {"when": {"model.model": "resnet20", "model.shortcut": None},  # a fit that fails: killed at iteration 3
@@ -221,7 +220,7 @@ def test_a_fit_that_ends_between_two_looks_of_the_view_shows_its_last_row_and_it
 
 
 def test_a_runs_summary_gives_its_training_rate_from_its_own_iterations(tmp_path):
-    from conftest import fit
+    from helpers import fit
 
     run = tmp_path / "exp" / "r"
     fit("--config", str(REPO / "experiments/digits/base.yaml"), "--run_dir", str(run), "--trainer.max_steps", "4",
@@ -255,7 +254,7 @@ def test_the_training_rate_leaves_out_the_iterations_of_validations_and_checkpoi
 
 
 def test_the_live_view_sees_a_fits_iteration_long_before_its_first_rows_reach_metrics_csv(tmp_path, monkeypatch):
-    from conftest import fit
+    from helpers import fit
     from resnet_repro import run_summary
 
     monkeypatch.setattr(run_summary, "PROGRESS_EVERY_S", 0)  # summary.json renewed after every iteration (10 s in a real run)

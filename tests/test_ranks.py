@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, summary, train_rows, weights
+from helpers import QUIET_SETTINGS, REPO, summary, tiny_run, train_rows, weights
 from resnet_repro.rundir import RunLock
 
 pytestmark = pytest.mark.slow  # each test starts two ranks (and torchrun), seconds of imports each
@@ -55,9 +55,7 @@ def launched(*command: str, env: dict | None = None) -> tuple[subprocess.Complet
     return result, time.monotonic() - started
 
 
-TINY = {"trainer.max_steps": 6, "data.init_args.batch_size": 16, "trainer.val_check_interval": 2,
-        "trainer.log_every_n_steps": 2, "checkpoint.every_n_train_steps": 2, "wandb": True,
-        "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,
+TINY = {**tiny_run(steps=6), "wandb": True, **QUIET_SETTINGS,
         "model.bn_group_size": 16,  # more than the 8 images of each rank's share
         "data.init_args.val_size": 201}  # odd: the ranks' shares differ by one image, and none is repeated
 

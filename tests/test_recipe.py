@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import REPO, train_rows, write_cifar10
+from helpers import REPO, train_rows, write_cifar10
 from mutate_recipe import MUTANTS, problems
 from resnet_repro.batchnorm import GhostBatchNorm2d
 from resnet_repro.train import ConfigCheck, build_cli

@@ -11,14 +11,13 @@ import yaml
 from nbclient import NotebookClient
 from torch import nn
 
-from conftest import REPO, fit
+from helpers import DIGITS, REPO, fit
 from resnet_repro.analysis.responses import (bootstrap_weights, figure7, layer_responses, per_image_moments,
                                              pooled_std, response_findings, response_layers)
 from resnet_repro.cli import main
 from resnet_repro.models import build_model, get_spec
 from resnet_repro.models.blocks import BasicBlock
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 
 
 def test_responses_match_a_hand_computation():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar10
+from helpers import write_cifar10
 from resnet_repro.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule
 from resnet_repro.data.small_images import EvalBatches, TrainBatches, generator_for, pad_crop_flip
 

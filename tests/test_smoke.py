@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from resnet_repro.cli import main
 from resnet_repro.experiments import load_experiment
 from resnet_repro.report.collect import collect_runs

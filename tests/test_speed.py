@@ -10,15 +10,15 @@ from torch import nn
 from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 
-from conftest import REPO, cli_error, fit, summary, train_rows
+from helpers import DIGITS, REPO, cli_error, fit, summary, train_rows
 from resnet_repro import bench
 from resnet_repro.bench import saved_for_backward
 from resnet_repro.timing import WarmUp
 from resnet_repro.cli import main
 from resnet_repro.data import DigitsDataModule
 from resnet_repro.module import ResNetClassifier
+DIGITS_NO_VALIDATION = [*DIGITS, "--trainer.limit_val_batches", "0"]
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml"), "--trainer.limit_val_batches", "0"]
 
 
 def test_the_fast_path_gives_the_plain_paths_loss_curve_and_weights(tmp_path):
@@ -52,7 +52,7 @@ def test_the_fast_path_gives_the_plain_paths_loss_curve_and_weights(tmp_path):
 
 
 def test_an_unknown_compile_mode_is_one_line(tmp_path):
-    message = cli_error("fit", *DIGITS, "--run_dir", str(tmp_path / "run"), "--model.compile_mode", "fastest")
+    message = cli_error("fit", *DIGITS_NO_VALIDATION, "--run_dir", str(tmp_path / "run"), "--model.compile_mode", "fastest")
     assert "compile_mode" in message and "reduce-overhead" in message
     assert not (tmp_path / "run").exists()
 

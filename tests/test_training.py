@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, weights, write_cifar10
+from helpers import DIGITS, QUIET, REPO, cli_error, fit, run_cli, summary, train_rows, weights, write_cifar10
 from resnet_repro.data import imagenet as imagenet_data
 
-DIGITS = ["--config", str(REPO / "experiments/digits/base.yaml")]
 CIFAR = ["--config", str(REPO / "experiments/cifar10/base.yaml")]
 IMAGENET = ["--config", str(REPO / "experiments/imagenet/base.yaml")]
 
