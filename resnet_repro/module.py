@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .batchnorm import GhostBatchNorm2d, bn_groups
 from .models import build_model, get_spec
+from .rundir import LR, TRAIN_ERROR, TRAIN_LOSS, metric_key
 
 # torch.compile's modes. reduce-overhead adds CUDA graphs, which pay off for thin deep nets whose small kernels
 # leave the GPU waiting for launches; on a CPU it is the same as default.
@@ -185,7 +186,7 @@ class ResNetClassifier(L.LightningModule):
                 raise FloatingPointError(f"the training loss became {loss} at iteration {iteration}; the run "
                                          f"stopped. {self.kept_weights()}")
             for logger in self.loggers:
-                logger.log_metrics({"train/loss": loss, "train/error": error, "lr": lr}, step=iteration)
+                logger.log_metrics({TRAIN_LOSS: loss, TRAIN_ERROR: error, LR: lr}, step=iteration)
         for logger in self.loggers:
             logger.save()  # on disk now: a run killed later keeps its log up to here
 
@@ -249,14 +250,14 @@ class ResNetClassifier(L.LightningModule):
         step = max(self.global_step, self.restored_step)
         for split in splits:
             metrics = self.eval_metrics[split]
-            prefix = f"test/{self.trainer.datamodule.eval_protocol}" if self.trainer.state.fn == "test" else split
+            protocol = self.trainer.datamodule.eval_protocol if self.trainer.state.fn == "test" else None
             # compute() reduces the metric states over the ranks, so every rank has the same global value
-            values = {f"{prefix}/error": 1 - metrics["accuracy"]["top1"].compute()}
+            values = {metric_key(split, "error", protocol): 1 - metrics["accuracy"]["top1"].compute()}
             if "top5" in metrics["accuracy"]:
-                values[f"{prefix}/top5_error"] = 1 - metrics["accuracy"]["top5"].compute()
-            values[f"{prefix}/images"] = metrics["images"].compute()
-            if self.trainer.state.fn == "test" and self.precise_bn_images:
-                values[f"{prefix}/precise_bn_images"] = self.precise_bn_images
+                values[metric_key(split, "top5_error", protocol)] = 1 - metrics["accuracy"]["top5"].compute()
+            values[metric_key(split, "images", protocol)] = metrics["images"].compute()
+            if protocol and self.precise_bn_images:
+                values[metric_key(split, "precise_bn_images", protocol)] = self.precise_bn_images
             for metric in [*metrics["accuracy"].values(), metrics["images"]]:
                 metric.reset()
             for name, value in values.items():

@@ -22,13 +22,25 @@ else, and neither torch nor Lightning is imported until a checkpoint is read.
 import csv
 import fcntl
 import os
+import re
 import socket
 import sys
 from pathlib import Path
 
 from .files import read_json, write_atomically, write_json_atomically
 
+# The keys of what a run logs, in metrics.csv, W&B and summary.json alike: every writer and reader takes them from here
+TRAIN_LOSS, TRAIN_ERROR, LR = "train/loss", "train/error", "lr"  # per iteration
 EVALUATION_PREFIXES = ("val/", "test/")  # the keys of the errors an evaluation logs (test/<protocol>/ included)
+LOGGED_PREFIXES = ("train/", *EVALUATION_PREFIXES)
+PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
+
+
+def metric_key(split: str, name: str = "error", protocol: str | None = None) -> str:
+    """`val/error`, `test/top5_error`, ...; under a test protocol, `test/<protocol>/<name>`."""
+    return f"{split}/{protocol}/{name}" if protocol else f"{split}/{name}"
+
+
 # summary.json's numbers (besides the errors, EVALUATION_PREFIXES): each a number or null, checked where it is read
 SUMMARY_NUMBERS = ("seed", "params", "steps", "max_steps", "wall_time_s", "devices", "train_images_per_s")
 TAIL_BYTES = 8192  # the end of metrics.csv read for the latest training row: many rows, whatever the file's size
@@ -211,7 +223,7 @@ def latest_training_row(run_dir: Path) -> tuple[int, float] | None:
             f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
             whole, _ = whole_lines(f.read())
         lines = whole.decode(errors="replace").splitlines()[1:]  # the first may be cut (or the header)
-        step, error = header.index("step"), header.index("train/error")
+        step, error = header.index("step"), header.index(TRAIN_ERROR)
         for line in reversed(lines):
             fields = line.split(",")
             if len(fields) == len(header) and fields[error]:

@@ -23,7 +23,7 @@ from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
 from ..options import OptionParser, count
-from ..rundir import check_no_links, check_not_a_link, last_checkpoint, read_summary, write_manifest
+from ..rundir import check_no_links, check_not_a_link, last_checkpoint, metric_key, read_summary, write_manifest
 from ..timing import training_rate
 from ..tracking import newest_offline_records
 from ..fit_config import FIDELITY_SWITCHES, budget_fraction
@@ -148,7 +148,7 @@ def run_experiment(argv: list[str]) -> None:
         extra += device_args(args.launcher, devices, args.nodes, asked=args.devices is not None or args.smoke)
         run_args = run.fit_args(run_dir) + extra
         summary = read_summary(run_dir)
-        missing = [p for p in experiment.protocols if f"test/{p}/error" not in summary and p not in run.protocols]
+        missing = [p for p in experiment.protocols if metric_key("test", protocol=p) not in summary and p not in run.protocols]
         evaluate_args = [*run.fit_args(run_dir, missing), *extra, "--ckpt_path", shown(last_checkpoint(run_dir))]
         commands = [launch_command(args.launcher, "fit", run_args, args.nodes, devices)]
         if missing:  # protocols of this experiment that the run's own experiment does not evaluate

@@ -3,24 +3,22 @@ protocol, and the curves of all runs. Every error is in percent, in all three; a
 (plain / residual), depth and shortcut (the option as built, "none" for a plain net), as in W&B's columns."""
 
 import io
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from ..rundir import read_summary, run_dirs, whole_lines
+from ..rundir import LOGGED_PREFIXES, LR, PROTOCOL_METRIC, TRAIN_ERROR, read_summary, run_dirs, whole_lines
 
 RUN_COLUMNS = ["run", "group", "experiment", "model", "family", "depth", "shortcut", "seed", "data", "dataset", "status", "params", "steps",
                "max_steps", "budget", "train_error", "wall_time_s", "devices", "device", "git_revision", "command"]
 EVALUATION_COLUMNS = ["run", "protocol", "error", "top5_error", "images", "step"]
-PROTOCOL_METRIC = re.compile(r"test/(?P<protocol>\w+)/(?P<name>error|top5_error|images)$")
 
 
 def tidy_metrics(wide: pd.DataFrame) -> pd.DataFrame:
     """Logged rows (a step column and one column per metric) to one row per step and metric name, errors (logged
     as fractions) in percent; a step logged twice (an evaluation repeated on the same weights) keeps its last value."""
-    metrics = [c for c in wide.columns if c.startswith(("train/", "val/", "test/")) or c == "lr"]
+    metrics = [c for c in wide.columns if c.startswith(LOGGED_PREFIXES) or c == LR]
     long = wide.melt(id_vars="step", value_vars=metrics, var_name="metric", value_name="value")
     long = long.dropna(subset=["value"]).astype({"step": int, "value": float})
     errors = long.metric.str.endswith("error")
@@ -58,7 +56,7 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 def final_train_window(curves: pd.DataFrame, fraction: float = 0.05) -> pd.Series:
     """The per-iteration training errors of the last `fraction` of the logged iterations: their mean is a run's
     final training error (one batch is a noisy estimate), their spread its batch-to-batch noise."""
-    train = curves[curves.metric == "train/error"].value
+    train = curves[curves.metric == TRAIN_ERROR].value
     return train.tail(max(1, round(len(train) * fraction))) if len(train) else train
 
 

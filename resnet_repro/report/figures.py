@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..models import get_spec
+from ..rundir import TRAIN_ERROR, metric_key
 from .collect import budgets
 
 LINE_STYLES = {"plain": "--", "residual": "-"}  # each family's line where one axis shows both (Figure 7)
@@ -22,14 +23,14 @@ def net_colours(models_by_group: dict[str, str]) -> dict[str, tuple]:
 
 def smoothed_train_error(curves: pd.DataFrame, points: int = 50) -> pd.Series:
     """Per-iteration training error of one batch is noisy: a running mean over 1/`points` of the run."""
-    train = curves[curves.metric == "train/error"].set_index("step").value
+    train = curves[curves.metric == TRAIN_ERROR].set_index("step").value
     return train.rolling(max(1, len(train) // points), min_periods=1).mean()
 
 
 def seed_spread(curves: pd.DataFrame, runs: list[str], metric: str) -> pd.DataFrame:
     """mean, low and high over the seeds (`runs`) of a metric at each step they all logged (smoothed where it is
     the per-iteration training error)."""
-    per_run = {run: smoothed_train_error(curves[curves.run == run]) if metric == "train/error" else
+    per_run = {run: smoothed_train_error(curves[curves.run == run]) if metric == TRAIN_ERROR else
                curves[(curves.run == run) & (curves.metric == metric)].set_index("step").value for run in runs}
     table = pd.DataFrame(per_run).dropna()
     return pd.DataFrame({"mean": table.mean(1), "low": table.min(1), "high": table.max(1)})
@@ -82,8 +83,8 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     for ax, (panel, members) in zip(axes[0], layout):
         for net in members.sort_values("model", key=lambda m: m.map(lambda name: get_spec(name).depth)).group:
             seeds = shown[shown.group == net].run.tolist()
-            split = "test" if (curves[curves.run.isin(seeds)].metric == "test/error").any() else "val"
-            for metric, style, width, marker in (("train/error", "--", 1, None), (f"{split}/error", "-", 2.5, "o")):
+            split = "test" if (curves[curves.run.isin(seeds)].metric == metric_key("test")).any() else "val"
+            for metric, style, width, marker in ((TRAIN_ERROR, "--", 1, None), (metric_key(split), "-", 2.5, "o")):
                 spread = seed_spread(curves, seeds, metric)
                 ax.plot(spread.index / unit, spread["mean"], style, color=colours[net], linewidth=width, marker=marker,
                         markersize=4, label=f"{net} {metric.split('/')[0]}")
