@@ -500,7 +500,10 @@ def test_run_stops_its_child_when_it_is_stopped_or_killed(tmp_path):
         (run / "paused").unlink(missing_ok=True)
         parent = subprocess.Popen([str(Path(sys.executable).parent / "resnet-repro"), "run", str(path), "--runs-root",
                                    str(tmp_path / "runs")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                  # as from a terminal, even when the tests run under nohup (whose ignored SIGHUP
+                                  # every child inherits, and `run` rightly keeps)
+                                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
         try:
             while not (run / "paused").is_file() and parent.poll() is None:  # however long a busy machine takes
                 time.sleep(0.1)
