@@ -1,5 +1,5 @@
-"""Timing a training step on a device: the warm-up that ends when steps are steady, the step itself, and the
-training rate that `run --dry-run` and `bench` divide work by."""
+"""Timing a training step on a device: the warm-up that ends when steps are steady and the step itself (both
+also `bench`'s), and the training rate that `run --dry-run` divides each run's work by."""
 
 import contextlib
 import time

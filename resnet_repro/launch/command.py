@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..batchnorm import bn_groups
 from ..data import data_module_class, image_side
 from ..experiments import SCHEDULE_KEYS, Run, build_on_meta, load_experiment, shown
+from ..fit_config import FIDELITY_SWITCHES, budget_fraction
 from ..hardware import device_name
 from ..models import get_spec
 from ..models.size import count_macs, count_params
@@ -26,7 +27,6 @@ from ..options import OptionParser, count
 from ..rundir import check_no_links, check_not_a_link, last_checkpoint, metric_key, read_summary, write_manifest
 from ..timing import training_rate
 from ..tracking import newest_offline_records
-from ..fit_config import FIDELITY_SWITCHES, budget_fraction
 from .local import DevicePool, Job, cpu_threads, last_line, run_miniature, run_side_by_side, visible_gpus
 from .miniature import smoke_args
 from .scripts import LAUNCHERS, device_args, launch_command, write_scripts
